@@ -1,0 +1,53 @@
+# Herald: `make run` starts the platform locally, `make test` tests it.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+UV     := $(BIN)/uv
+STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install system-deps run test test-fast lock schemas migrate topics clean help
+
+help:
+	@echo "make run     start Kafka (embedded), PostgreSQL, Redis, every service and the sandbox"
+	@echo "make test    the whole test suite against a real broker, PostgreSQL and Redis"
+	@echo "make schemas regenerate schemas/ from the models"
+	@echo "make lock    re-pin requirements.lock from pyproject.toml"
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "herald: $(PYTHON) is missing; install Python 3.11+"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv==0.13.8
+	$(UV) pip install --python $(BIN)/python -q -r requirements.lock
+	$(UV) pip install --python $(BIN)/python -q --no-deps -e .
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# Programs the tests drive that come from the system's packages (Debian names).
+system-deps:
+	@bash scripts/system-deps.sh
+
+run: install
+	$(BIN)/herald run
+
+test: install system-deps
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not browser"
+
+schemas: install
+	$(BIN)/herald schemas
+
+migrate: install
+	$(BIN)/herald migrate
+
+topics: install
+	$(BIN)/herald topics
+
+lock:
+	$(UV) pip compile pyproject.toml --extra test -o requirements.lock --python-version 3.11
+
+clean:
+	rm -rf $(VENV) .run .artifacts .pytest_cache

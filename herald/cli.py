@@ -1,0 +1,200 @@
+"""``herald``: run the platform locally, migrate, create topics, regenerate the contract, replay the DLQ."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from shared import HeraldSettings, apply_migrations, create_topics, ensure_database, load_migrations
+
+from . import infra
+from .stack import ROOT, SANDBOX, SERVICES, Stack, port_of
+
+RUN_DIR = ROOT / ".run"
+
+
+def migrations_of_all() -> list:
+    found = []
+    for spec in SERVICES:
+        directory = ROOT / "services" / spec.name / "migrations"
+        if directory.is_dir():
+            found += load_migrations(spec.name, directory)
+    return found
+
+
+async def migrate(settings: HeraldSettings) -> list[str]:
+    """Create the database if needed and apply every service's pending migrations."""
+    import asyncpg
+
+    await ensure_database(settings.database_url)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        applied = await apply_migrations(conn, migrations_of_all())
+    finally:
+        await conn.close()
+    return [f"{m.service} {m.version:03d}_{m.name}" for m in applied]
+
+
+def _kafka_port(settings: HeraldSettings) -> tuple[str, int]:
+    first = settings.kafka_bootstrap.split(",")[0]
+    parts = urlsplit(f"//{first}")
+    return parts.hostname or "127.0.0.1", parts.port or 9092
+
+
+def _wait_bindable(port: int, timeout: float) -> bool:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+                return True
+            except OSError:
+                if time.monotonic() > deadline:
+                    return False
+        time.sleep(1)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Everything `make run` does after installing."""
+    settings = HeraldSettings()
+    env = dict(os.environ)
+    env.setdefault("HERALD_PUSH_DEV_HOSTS", f"127.0.0.1:{port_of(SANDBOX, env)}")
+    stack = Stack(env=env, log_dir=RUN_DIR / "logs")
+    tansu = None
+    try:
+        infra.ensure_postgres(settings.database_url)
+        infra.ensure_redis(settings.redis_url)
+        host, port = _kafka_port(settings)
+        if host in {"127.0.0.1", "localhost"} and not args.external_kafka:
+            if infra.port_open(host, port):
+                print(f"herald: {host}:{port} is taken; stop what holds it or set HERALD_KAFKA_BOOTSTRAP to another port", file=sys.stderr)
+                return 1
+            if not _wait_bindable(port, 90):
+                print(f"herald: port {port} is not free yet", file=sys.stderr)
+                return 1
+            RUN_DIR.mkdir(exist_ok=True)
+            tansu = infra.start_tansu(port, log_path=RUN_DIR / "tansu.log")
+            print(f"herald: embedded Kafka (Tansu) on {host}:{port}")
+        applied = asyncio.run(migrate(settings))
+        print(f"herald: database ready ({len(applied)} migrations applied)")
+        created = asyncio.run(create_topics(settings))
+        print(f"herald: {len(created)} topics created")
+        stack.start_all((SANDBOX, *SERVICES))
+    except (infra.InfraError, OSError) as exc:
+        print(f"herald: {exc}", file=sys.stderr)
+        stack.stop_all()
+        if tansu:
+            infra.stop(tansu)
+        return 1
+    print("\nHerald is running. Ctrl-C stops everything.\n")
+    for spec in SERVICES:
+        url = stack.url(spec)
+        print(f"  {spec.name:8} {url}/docs   metrics {url}/metrics")
+    print(f"  sandbox  {stack.url(SANDBOX)}/   (what would have been sent)")
+    print(f"  logs     {RUN_DIR / 'logs'}\n")
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stopping:
+            dead = stack.dead()
+            if dead:
+                print(f"herald: {', '.join(dead)} stopped unexpectedly; see {RUN_DIR / 'logs'}", file=sys.stderr)
+                break
+            time.sleep(0.5)
+    finally:
+        print("herald: stopping")
+        stack.stop_all()
+        if tansu:
+            infra.stop(tansu)
+    return 0 if stopping else 1
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = HeraldSettings()
+    for line in asyncio.run(migrate(settings)):
+        print(f"applied {line}")
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    for topic in asyncio.run(create_topics(HeraldSettings())):
+        print(f"created {topic}")
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from . import contract
+
+    if args.check:
+        stale = contract.differences()
+        for path in stale:
+            print(f"schemas/{path} is out of date; run `herald schemas`", file=sys.stderr)
+        return 1 if stale else 0
+    for path in contract.write():
+        print(f"wrote schemas/{path}")
+    return 0
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    from .dlq import replay
+
+    count = asyncio.run(replay(HeraldSettings(), stage=args.stage, reason=args.reason, dry_run=args.dry_run))
+    print(f"{'would replay' if args.dry_run else 'replayed'} {count} message(s)")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    import jwt
+
+    settings = HeraldSettings()
+    if settings.jwt_secret is None:
+        print("herald: tokens can only be minted with HERALD_JWT_SECRET", file=sys.stderr)
+        return 1
+    claims = {"sub": args.user, "aud": settings.jwt_audience, "exp": dt.datetime.now(dt.UTC) + dt.timedelta(hours=args.hours)}
+    print(jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="herald", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start the whole platform locally (what `make run` calls)")
+    run.add_argument("--external-kafka", action="store_true", help="use HERALD_KAFKA_BOOTSTRAP as it is, start no broker")
+    run.set_defaults(func=cmd_run)
+    sub.add_parser("migrate", help="create the database and apply every service's migrations").set_defaults(func=cmd_migrate)
+    sub.add_parser("topics", help="create every topic Herald uses").set_defaults(func=cmd_topics)
+    schemas = sub.add_parser("schemas", help="regenerate schemas/ from the models and the services")
+    schemas.add_argument("--check", action="store_true", help="fail if schemas/ is out of date instead of writing")
+    schemas.set_defaults(func=cmd_schemas)
+    dlq = sub.add_parser("dlq", help="dead-letter topic tools").add_subparsers(dest="dlq_command", required=True)
+    replay = dlq.add_parser("replay", help="re-publish dead-lettered messages to where they came from")
+    replay.add_argument("--stage", required=True, help="only messages dead-lettered by this stage (router, email, sms, push, inapp)")
+    replay.add_argument("--reason", help="only messages with this reason")
+    replay.add_argument("--dry-run", action="store_true")
+    replay.set_defaults(func=cmd_dlq_replay)
+    token = sub.add_parser("token", help="mint a development JWT for a user id")
+    token.add_argument("user")
+    token.add_argument("--hours", type=float, default=12)
+    token.set_defaults(func=cmd_token)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""What Herald's services share: the message contract, settings, wiring and delivery semantics.
+
+Only the names in ``__all__`` are public; the ``_``-prefixed modules are private.
+"""
+
+from ._app import AppResources, KafkaResources, Resources, create_service
+from ._auth import ServiceName, UserId, current_service, current_user, decode_user_token
+from ._db import MigrationError, apply_migrations, create_pool, ensure_database, load_migrations
+from ._exceptions import HeraldError, InvalidMessage, PermanentError, Suppressed, TransientError
+from ._kafka import (
+    Outgoing,
+    all_topics,
+    create_topics,
+    dead_letter,
+    header,
+    make_broker,
+    publish_many,
+    subscriber_options,
+)
+from ._logging import configure_logging, event_id_var, mask_email, mask_phone, notification_id_var
+from ._metrics import Metrics
+from ._models import (
+    NOTIFICATION_NAMESPACE,
+    SWITCHABLE_CATEGORIES,
+    Category,
+    Channel,
+    CloudEvent,
+    DeliveryState,
+    DeliveryStatus,
+    Dispatch,
+    Recipient,
+    notification_id,
+    utcnow,
+)
+from ._sender import Deliver, Ledger, SenderPipeline, retry_delay
+from ._templates import MessageTemplates, TemplateError
+from ._settings import CommaList, HeraldSettings, split_commas
+
+__all__ = [
+    "NOTIFICATION_NAMESPACE",
+    "SWITCHABLE_CATEGORIES",
+    "AppResources",
+    "Category",
+    "Channel",
+    "CloudEvent",
+    "CommaList",
+    "Deliver",
+    "DeliveryState",
+    "DeliveryStatus",
+    "Dispatch",
+    "HeraldError",
+    "HeraldSettings",
+    "InvalidMessage",
+    "KafkaResources",
+    "Ledger",
+    "Metrics",
+    "MessageTemplates",
+    "MigrationError",
+    "Outgoing",
+    "PermanentError",
+    "Recipient",
+    "Resources",
+    "SenderPipeline",
+    "ServiceName",
+    "Suppressed",
+    "TemplateError",
+    "TransientError",
+    "UserId",
+    "all_topics",
+    "apply_migrations",
+    "configure_logging",
+    "create_pool",
+    "create_service",
+    "create_topics",
+    "current_service",
+    "current_user",
+    "dead_letter",
+    "decode_user_token",
+    "ensure_database",
+    "event_id_var",
+    "header",
+    "load_migrations",
+    "make_broker",
+    "mask_email",
+    "mask_phone",
+    "notification_id",
+    "notification_id_var",
+    "publish_many",
+    "retry_delay",
+    "split_commas",
+    "subscriber_options",
+    "utcnow",
+]

@@ -1,0 +1,136 @@
+"""The service factory: a FastAPI app with its FastStream Kafka broker in the same process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import asyncpg
+import httpx
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from faststream import Context
+from faststream.kafka import KafkaBroker, KafkaRouter
+from prometheus_client import CollectorRegistry, make_asgi_app
+from redis.asyncio import Redis
+
+from ._db import create_pool
+from ._kafka import make_broker
+from ._logging import configure_logging
+from ._metrics import Metrics
+from ._settings import HeraldSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Resources:
+    """What a service's handlers and routes use, opened and closed by the app's lifespan."""
+
+    settings: HeraldSettings
+    broker: KafkaBroker
+    metrics: Metrics
+    pool: asyncpg.Pool = field(default=None)  # type: ignore[assignment]
+    redis: Redis = field(default=None)  # type: ignore[assignment]
+    http: httpx.AsyncClient = field(default=None)  # type: ignore[assignment]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _resources(request: Request) -> Resources:
+    return request.app.state.resources
+
+
+#: For FastAPI routes.
+AppResources = Annotated[Resources, Depends(_resources)]
+#: For FastStream handlers.
+KafkaResources = Annotated[Resources, Context("resources")]
+
+Hook = Callable[[Resources], contextlib.AbstractAsyncContextManager[Any]]
+
+
+async def _check(name: str, probe: Any, timeout: float) -> tuple[str, str | None]:
+    try:
+        async with asyncio.timeout(timeout):
+            ok = await probe()
+        return name, None if ok is not False else "unreachable"
+    except Exception as exc:  # any failure means not ready, and says why
+        return name, f"{type(exc).__name__}: {exc}"[:300]
+
+
+def create_service(
+    settings: HeraldSettings,
+    *,
+    title: str,
+    kafka_routers: Sequence[KafkaRouter] = (),
+    api: APIRouter | None = None,
+    hooks: Sequence[Hook] = (),
+    description: str = "",
+) -> FastAPI:
+    """Assemble a Herald service.
+
+    ``kafka_routers`` carry the service's subscribers, ``api`` its HTTP routes,
+    and each of ``hooks`` is an async context manager entered after the shared
+    resources are open (and left before they close).
+    """
+    configure_logging(settings.service_name, level=settings.log_level, json=settings.log_json)
+    registry = CollectorRegistry()
+    broker = make_broker(settings, registry=registry)
+    for router in kafka_routers:
+        broker.include_router(router)
+    resources = Resources(settings=settings, broker=broker, metrics=Metrics(registry))
+    broker.context.set_global("resources", resources)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            resources.pool = await create_pool(
+                settings.database_url, min_size=settings.database_pool_min, max_size=settings.database_pool_max
+            )
+            stack.push_async_callback(resources.pool.close)
+            resources.redis = Redis.from_url(settings.redis_url, decode_responses=False)
+            stack.push_async_callback(resources.redis.aclose)
+            resources.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False)
+            stack.push_async_callback(resources.http.aclose)
+            await broker.connect()
+            stack.push_async_callback(broker.stop)
+            for hook in hooks:
+                await stack.enter_async_context(hook(resources))
+            await broker.start()
+            log.info("%s ready on %s:%s", settings.service_name, settings.host, settings.port)
+            yield
+
+    app = FastAPI(title=title, description=description, lifespan=lifespan, version="0.1.0")
+    app.state.settings = settings
+    app.state.resources = resources
+
+    @app.get("/healthz", tags=["operations"], summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="Kafka, PostgreSQL and Redis are reachable",
+        responses={503: {"description": "A dependency is unreachable"}},
+    )
+    async def readyz() -> JSONResponse:
+        async def pg() -> bool:
+            return await resources.pool.fetchval("SELECT 1", timeout=2) == 1
+
+        results = await asyncio.gather(
+            _check("kafka", lambda: broker.ping(timeout=2.0), 2.5),
+            _check("postgres", pg, 2.5),
+            _check("redis", resources.redis.ping, 2.5),
+        )
+        checks = {name: error or "ok" for name, error in results}
+        ready = all(error is None for _, error in results)
+        return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+
+    if api is not None:
+        app.include_router(api)
+    app.mount("/metrics", make_asgi_app(registry))
+    return app

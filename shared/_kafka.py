@@ -1,0 +1,164 @@
+"""Kafka wiring shared by the services: the broker, topics, publishing and the dead-letter writer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream.kafka import KafkaBroker
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
+
+from ._models import Channel
+from ._settings import HeraldSettings
+from .events import domain_areas
+
+log = logging.getLogger(__name__)
+
+#: Header names on ``dlq`` messages.
+DLQ_STAGE = "herald-stage"
+DLQ_REASON = "herald-reason"
+DLQ_ERROR = "herald-error"
+DLQ_TOPIC = "herald-original-topic"
+DLQ_PARTITION = "herald-original-partition"
+DLQ_OFFSET = "herald-original-offset"
+
+
+def make_broker(settings: HeraldSettings, *, registry: CollectorRegistry | None = None) -> KafkaBroker:
+    """A FastStream Kafka broker configured from settings (acks=all, idempotence as set)."""
+    middlewares = [KafkaPrometheusMiddleware(registry=registry, app_name=settings.service_name)] if registry else []
+    return KafkaBroker(
+        settings.kafka_bootstrap,
+        client_id=f"herald-{settings.service_name}",
+        acks="all",
+        enable_idempotence=settings.kafka_enable_idempotence,
+        middlewares=middlewares,
+        logger=logging.getLogger(f"herald.{settings.service_name}.kafka"),
+    )
+
+
+async def _raw(message: Any) -> None:
+    # Handlers read the records themselves (``msg.raw_message``), so a malformed
+    # message reaches them, and the dead-letter topic, instead of failing in a decoder.
+    return None
+
+
+def subscriber_options(settings: HeraldSettings, group: str) -> dict[str, Any]:
+    """Options of every Herald consumer: batches, commit after the batch is finished, earliest, no decoding."""
+    from faststream import AckPolicy
+
+    return {
+        "decoder": _raw,
+        "group_id": settings.group_id(group),
+        "batch": True,
+        "max_records": settings.kafka_max_batch,
+        "batch_timeout_ms": settings.kafka_batch_timeout_ms,
+        "ack_policy": AckPolicy.NACK_ON_ERROR,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": settings.kafka_session_timeout_ms,
+        "heartbeat_interval_ms": settings.kafka_heartbeat_interval_ms,
+    }
+
+
+def all_topics(settings: HeraldSettings) -> list[str]:
+    """Every topic Herald reads or writes, for ``herald topics``."""
+    topics = [settings.area_topic(area) for area in domain_areas()]
+    for channel in Channel:
+        topics += [
+            settings.notify_topic(channel),
+            settings.notify_topic(channel, critical=True),
+            settings.retry_topic(channel),
+        ]
+    topics += [settings.status_topic, settings.dlq_topic]
+    return topics
+
+
+async def create_topics(settings: HeraldSettings, topics: Iterable[str] | None = None) -> list[str]:
+    """Create the topics that do not exist yet; return the ones created."""
+    wanted = list(topics if topics is not None else all_topics(settings))
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="herald-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [
+                        NewTopic(t, num_partitions=settings.kafka_partitions, replication_factor=settings.kafka_replication_factor)
+                        for t in missing
+                    ]
+                )
+            except TopicAlreadyExistsError:
+                pass
+        return missing
+    finally:
+        await admin.close()
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to publish: a model (sent as JSON) or raw bytes."""
+
+    topic: str
+    value: BaseModel | bytes
+    key: str | bytes | None = None
+    headers: dict[str, str] | None = None
+
+
+def _encode(value: BaseModel | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.model_dump_json().encode()
+
+
+def _key(key: str | bytes | None) -> bytes | None:
+    return key.encode() if isinstance(key, str) else key
+
+
+async def publish_many(broker: KafkaBroker, messages: Sequence[Outgoing]) -> None:
+    """Publish all, then wait until Kafka has acknowledged every one (raises if any failed)."""
+    futures = []
+    for message in messages:
+        futures.append(
+            await broker.publish(
+                _encode(message.value),
+                message.topic,
+                key=_key(message.key),
+                headers=message.headers,
+                no_confirm=True,
+            )
+        )
+    if futures:
+        await asyncio.gather(*futures)
+
+
+def dead_letter(
+    settings: HeraldSettings, record: ConsumerRecord, *, stage: str, reason: str, error: str = ""
+) -> Outgoing:
+    """The ``dlq`` message for a record: its original bytes and key, headers naming why."""
+    headers = {k: v.decode(errors="replace") for k, v in (record.headers or ()) if not k.startswith("herald-")}
+    headers.update(
+        {
+            DLQ_STAGE: stage,
+            DLQ_REASON: reason,
+            DLQ_ERROR: error[:2000],
+            DLQ_TOPIC: record.topic,
+            DLQ_PARTITION: str(record.partition),
+            DLQ_OFFSET: str(record.offset),
+        }
+    )
+    return Outgoing(settings.dlq_topic, record.value or b"", key=record.key, headers=headers)
+
+
+def header(record: ConsumerRecord, name: str) -> str | None:
+    """A header of a consumed record, decoded."""
+    for key, value in record.headers or ():
+        if key == name:
+            return value.decode(errors="replace")
+    return None

@@ -1,0 +1,127 @@
+"""The settings base every service's settings class extends."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
+
+_PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "dev-only-jwt-secret-change-me-in-production"}
+DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-in-production"
+DEV_API_KEYS = "dev=dev-api-key-change-me"
+
+
+def split_commas(value: object) -> object:
+    """Turn ``"a, b,c"`` into ``["a", "b", "c"]``; lists pass through."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class HeraldSettings(BaseSettings):
+    """Settings shared by every Herald service (``HERALD_*`` environment variables)."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_", extra="ignore", validate_default=True)
+
+    service_name: str = "herald"
+    environment: Literal["development", "test", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = 8100
+    log_level: str = "INFO"
+    log_json: bool | None = None  # None: JSON lines unless stderr is a terminal
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_enable_idempotence: bool = False
+    kafka_session_timeout_ms: int = 10_000
+    kafka_heartbeat_interval_ms: int = 3_000
+    kafka_partitions: int = 12
+    kafka_replication_factor: int = 1
+    kafka_max_batch: int = 500
+    kafka_batch_timeout_ms: int = 50
+    kafka_group_prefix: str = "herald"
+    kafka_topic_namespace: str = ""  # prefixed to every topic name (isolates tests, or tenants of one cluster)
+
+    topic_domain_prefix: str = "domain."
+    topic_notify_prefix: str = "notify."
+    topic_retry_prefix: str = "retry."
+    topic_critical_suffix: str = ".critical"
+    topic_status: str = "notify.status"
+    topic_dlq: str = "dlq"
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/herald"
+    database_pool_min: int = 1
+    database_pool_max: int = 10
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    jwt_secret: SecretStr | None = SecretStr(DEV_JWT_SECRET)
+    jwt_public_key: str | None = None
+    jwt_audience: str = "herald"
+    api_keys: SecretStr = SecretStr(DEV_API_KEYS)
+
+    frontend_url: str = "http://localhost:3000"
+    public_url: str = "http://127.0.0.1:8101"
+
+    concurrency: int = Field(default=64, ge=1)
+
+    @field_validator("frontend_url", "public_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> HeraldSettings:
+        if self.environment != "production":
+            return self
+        if self.jwt_public_key is None:
+            secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
+            if secret in _PLACEHOLDER_SECRETS or len(secret) < 32:
+                raise ValueError(
+                    "HERALD_JWT_SECRET is a placeholder or shorter than 32 characters; "
+                    "set a real secret (or HERALD_JWT_PUBLIC_KEY) in production"
+                )
+        if self.api_keys.get_secret_value() in {DEV_API_KEYS, ""}:
+            raise ValueError("HERALD_API_KEYS still holds the development key; set real keys in production")
+        return self
+
+    def api_key_table(self) -> dict[str, str]:
+        """The configured service keys as ``{name: key}``."""
+        table: dict[str, str] = {}
+        for pair in split_commas(self.api_keys.get_secret_value()):  # type: ignore[union-attr]
+            name, sep, key = pair.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"HERALD_API_KEYS entry {name!r} is not of the form name=key")
+            table[name.strip()] = key.strip()
+        return table
+
+    # topic names -------------------------------------------------------
+    def notify_topic(self, channel: str, *, critical: bool = False) -> str:
+        return f"{self.kafka_topic_namespace}{self.topic_notify_prefix}{channel}{self.topic_critical_suffix if critical else ''}"
+
+    def retry_topic(self, channel: str) -> str:
+        return f"{self.kafka_topic_namespace}{self.topic_retry_prefix}{channel}"
+
+    def domain_topic(self, event_type: str) -> str:
+        """``domain.<area>`` for an event type ``<area>.<name>``."""
+        return self.area_topic(event_type.split(".", 1)[0])
+
+    def area_topic(self, area: str) -> str:
+        return f"{self.kafka_topic_namespace}{self.topic_domain_prefix}{area}"
+
+    def domain_pattern(self) -> str:
+        """The regular expression the router subscribes with."""
+        return re.escape(f"{self.kafka_topic_namespace}{self.topic_domain_prefix}") + ".*"
+
+    @property
+    def status_topic(self) -> str:
+        return f"{self.kafka_topic_namespace}{self.topic_status}"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.kafka_topic_namespace}{self.topic_dlq}"
+
+    def group_id(self, name: str) -> str:
+        return f"{self.kafka_group_prefix}-{name}"

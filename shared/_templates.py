@@ -1,0 +1,59 @@
+"""Short per-locale message templates (title/body/text) kept as YAML, rendered with Jinja2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jinja2 import StrictUndefined, Template
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+class TemplateError(RuntimeError):
+    """A template is missing or cannot be rendered with the data it was given."""
+
+
+class MessageTemplates:
+    """``<directory>/<locale>.yaml`` files mapping template name → {field: Jinja2 source}.
+
+    The locale falls back from ``pt-BR`` to ``pt`` to ``en``. Templates come from
+    files only, never from event data; rendering is sandboxed and strict, so a
+    missing variable is an error rather than an empty string.
+    """
+
+    def __init__(self, directory: Path, *, default_locale: str = "en", autoescape: bool = False) -> None:
+        self.default_locale = default_locale
+        self.env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=autoescape)
+        self.sources: dict[str, dict[str, dict[str, Template]]] = {}
+        for path in sorted(directory.glob("*.yaml")):
+            raw = yaml.safe_load(path.read_text()) or {}
+            self.sources[path.stem] = {
+                name: {field: self.env.from_string(str(src)) for field, src in fields.items()} for name, fields in raw.items()
+            }
+        if default_locale not in self.sources:
+            raise TemplateError(f"{directory} has no {default_locale}.yaml")
+
+    @property
+    def locales(self) -> list[str]:
+        return sorted(self.sources)
+
+    def names(self, locale: str | None = None) -> set[str]:
+        return set(self.sources[locale or self.default_locale])
+
+    def _pick(self, name: str, locale: str) -> dict[str, Template]:
+        candidates = [locale, locale.split("-", 1)[0].split("_", 1)[0], self.default_locale]
+        for candidate in candidates:
+            found = self.sources.get(candidate, {}).get(name)
+            if found is not None:
+                return found
+        raise TemplateError(f"no template {name!r} for locale {locale!r} or {self.default_locale!r}")
+
+    def render(self, name: str, locale: str, data: dict[str, Any]) -> dict[str, str]:
+        """Every field of template ``name`` rendered with ``data``."""
+        try:
+            return {field: template.render(**data).strip() for field, template in self._pick(name, locale).items()}
+        except TemplateError:
+            raise
+        except Exception as exc:  # jinja2 raises many kinds; all mean this data does not fit
+            raise TemplateError(f"template {name!r} ({locale}) failed: {exc}") from None

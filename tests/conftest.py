@@ -1,0 +1,79 @@
+"""Session infrastructure: an embedded Kafka broker on a free port, a fresh database, a Redis database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from herald import infra as local
+from herald.cli import migrations_of_all
+from shared import apply_migrations
+
+from .support import Infra, new_namespace, test_id
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / ".artifacts"
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[Infra]:
+    pg = os.environ.get("HERALD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+    redis_base = os.environ.get("HERALD_TEST_REDIS", "redis://127.0.0.1:6379")
+    redis_db = int(os.environ.get("HERALD_TEST_REDIS_DB", "15"))
+    local.ensure_postgres(f"{pg}/postgres")
+    local.ensure_redis(redis_base)
+    port = local.free_port()
+    ARTIFACTS.mkdir(exist_ok=True)
+    broker = local.start_tansu(port, log_path=ARTIFACTS / "tansu.log")
+    database = f"herald_test_{test_id()}"
+    asyncio.run(_fresh_database(pg, database))
+    asyncio.run(_flush(f"{redis_base}/{redis_db}"))
+    try:
+        yield Infra(kafka_bootstrap=f"127.0.0.1:{port}", database_url=f"{pg}/{database}", redis_url=f"{redis_base}/{redis_db}")
+    finally:
+        local.stop(broker)
+
+
+async def _fresh_database(pg: str, database: str) -> None:
+    admin = await asyncpg.connect(f"{pg}/postgres")
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(f"{pg}/{database}")
+    try:
+        await apply_migrations(conn, migrations_of_all())
+    finally:
+        await conn.close()
+
+
+async def _flush(url: str) -> None:
+    client = aioredis.Redis.from_url(url)
+    await client.flushdb()
+    await client.aclose()
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A topic namespace of this test's own: its topics and consumer groups touch no other test's."""
+    return new_namespace()
+
+
+@pytest.fixture
+async def db(infra: Infra) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(infra.database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def redis_client(infra: Infra) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(infra.redis_url)
+    yield client
+    await client.aclose()

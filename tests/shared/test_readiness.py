@@ -1,0 +1,38 @@
+import subprocess
+
+from herald import infra as local
+from services.inapp.app import create_app
+from services.inapp.settings import Settings
+
+from ..support import running, settings_for
+
+
+async def test_readyz_reports_each_dependency_and_turns_false_when_redis_stops(infra, namespace, tmp_path):
+    port = local.free_port()
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        local.wait_port("127.0.0.1", port, timeout=10, proc=redis)
+        settings = settings_for(Settings, infra, namespace, redis_url=f"redis://127.0.0.1:{port}/0")
+        async with running(create_app(settings)) as client:
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200
+            assert ready.json()["checks"] == {"kafka": "ok", "postgres": "ok", "redis": "ok"}
+            local.stop(redis)
+            not_ready = await client.get("/readyz")
+            assert not_ready.status_code == 503
+            checks = not_ready.json()["checks"]
+            assert checks["redis"] != "ok" and checks["kafka"] == "ok" and checks["postgres"] == "ok"
+            assert (await client.get("/healthz")).status_code == 200
+    finally:
+        local.stop(redis)
+
+
+async def test_metrics_endpoint_serves_prometheus_text(infra, namespace):
+    async with running(create_app(settings_for(Settings, infra, namespace))) as client:
+        response = await client.get("/metrics/")
+        assert response.status_code == 200
+        assert "herald_deliveries_total" in response.text

@@ -1,0 +1,159 @@
+"""Test helpers: settings against the test infrastructure, running apps, waiting, Kafka peeking, tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import jwt
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from fastapi import FastAPI
+
+from shared import HeraldSettings, create_topics
+
+S = TypeVar("S", bound=HeraldSettings)
+
+
+@dataclass(frozen=True)
+class Infra:
+    """The broker, database and Redis database this test session owns."""
+
+    kafka_bootstrap: str
+    database_url: str
+    redis_url: str
+
+    def env(self, namespace: str = "") -> dict[str, str]:
+        """``HERALD_*`` variables pointing a process at this infrastructure."""
+        return {
+            "HERALD_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "HERALD_DATABASE_URL": self.database_url,
+            "HERALD_REDIS_URL": self.redis_url,
+            "HERALD_KAFKA_TOPIC_NAMESPACE": namespace,
+            "HERALD_KAFKA_GROUP_PREFIX": f"herald-{namespace or 'test'}",
+            "HERALD_KAFKA_PARTITIONS": "3",
+            "HERALD_KAFKA_SESSION_TIMEOUT_MS": "2000",
+            "HERALD_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+            "HERALD_KAFKA_BATCH_TIMEOUT_MS": "20",
+            "HERALD_ENVIRONMENT": "test",
+        }
+
+
+def new_namespace() -> str:
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+def settings_for(cls: type[S], infra: Infra, namespace: str, **overrides: Any) -> S:
+    """A service's settings on the test infrastructure, with its own topics and consumer groups."""
+    values = {k.removeprefix("HERALD_").lower(): v for k, v in infra.env(namespace).items()}
+    values.update(overrides)
+    return cls(**values)
+
+
+async def make_topics(settings: HeraldSettings) -> None:
+    await create_topics(settings)
+
+
+@contextlib.asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Run an app's lifespan in this process and talk to it over ASGI."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
+T = TypeVar("T")
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], *, timeout: float = 20.0, interval: float = 0.1, what: str = "condition") -> T:
+    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+
+
+def user_token(settings: HeraldSettings, user_id: str, *, minutes: float = 10, **claims: Any) -> str:
+    payload = {"sub": user_id, "aud": settings.jwt_audience, "exp": dt.datetime.now(dt.UTC) + dt.timedelta(minutes=minutes), **claims}
+    assert settings.jwt_secret is not None
+    return jwt.encode(payload, settings.jwt_secret.get_secret_value(), algorithm="HS256")
+
+
+def bearer(settings: HeraldSettings, user_id: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {user_token(settings, user_id)}"}
+
+
+def api_key(settings: HeraldSettings) -> dict[str, str]:
+    name, key = next(iter(settings.api_key_table().items()))
+    return {"Authorization": f"ApiKey {key}"}
+
+
+def cloud_event(event_type: str, data: Any, *, id: str | None = None, source: str = "tests", **extra: Any) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": id or uuid.uuid4().hex,
+        "source": source,
+        "type": event_type,
+        "time": dt.datetime.now(dt.UTC).isoformat(),
+        "datacontenttype": "application/json",
+        "data": data,
+        **extra,
+    }
+
+
+async def produce(bootstrap: str, topic: str, value: bytes | dict[str, Any], *, key: bytes | None = None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        payload = value if isinstance(value, bytes) else json.dumps(value).encode()
+        await producer.send_and_wait(topic, payload, key=key)
+    finally:
+        await producer.stop()
+
+
+class TopicReader:
+    """Reads a topic from the beginning, accumulating what it has seen."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+        self.records: list[ConsumerRecord] = []
+
+    async def __aenter__(self) -> TopicReader:
+        await self.consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+
+    async def poll(self) -> list[ConsumerRecord]:
+        batches = await self.consumer.getmany(timeout_ms=200)
+        for records in batches.values():
+            self.records.extend(records)
+        return self.records
+
+    async def wait_for(self, count: int, *, timeout: float = 20.0) -> list[ConsumerRecord]:
+        async def enough() -> list[ConsumerRecord] | None:
+            records = await self.poll()
+            return records if len(records) >= count else None
+
+        return await eventually(enough, timeout=timeout, what=f"{count} record(s) on {self.consumer.subscription()}")
+
+    def json(self) -> list[Any]:
+        return [json.loads(r.value) for r in self.records]
+
+
+def test_id() -> str:
+    return os.environ.get("HERALD_TEST_ID", "main")
