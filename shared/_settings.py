@@ -64,10 +64,11 @@ class HeraldSettings(BaseSettings):
 
     frontend_url: str = "http://localhost:3000"
     public_url: str = "http://127.0.0.1:8101"
+    router_url: str = "http://127.0.0.1:8102"  # services that change preferences call the router's API here
 
     concurrency: int = Field(default=64, ge=1)
 
-    @field_validator("frontend_url", "public_url")
+    @field_validator("frontend_url", "public_url", "router_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
