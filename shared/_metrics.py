@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -48,5 +48,40 @@ class Metrics:
             "From the domain event's time to the channel's acceptance",
             ["channel", "lane"],
             buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.sms_segments = Counter(
+            "herald_sms_segments_total",
+            "SMS segments handed to the provider, by event type, category and destination country",
+            ["type", "category", "country"],
+            registry=registry,
+        )
+        self.sms_spend = Counter(
+            "herald_sms_spend_usd_total",
+            "Estimated SMS spend in US dollars, by event type, category and destination country",
+            ["type", "category", "country"],
+            registry=registry,
+        )
+        self.inbox_operations = Counter(
+            "herald_inbox_operations_total",
+            "In-app inbox changes: stored, read, unread, deleted",
+            ["operation"],
+            registry=registry,
+        )
+        self.sse_streams = Gauge(
+            "herald_sse_streams_open",
+            "Server-sent-event streams open on this instance",
+            registry=registry,
+        )
+        self.sse_fanout = Histogram(
+            "herald_sse_fanout_latency_seconds",
+            "From storing an in-app notification to writing it to an open stream",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "herald_consumer_lag",
+            "Messages not yet consumed, by consumer group, topic and partition",
+            ["group", "topic", "partition"],
             registry=registry,
         )
