@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +29,9 @@ PROVIDER = "smtp"
 _HANG_SECONDS = 120.0
 _REASONS = {421: "Service not available", 450: "Mailbox busy", 451: "Local error in processing", 452: "Insufficient storage",
             550: "Mailbox unavailable", 552: "Exceeded storage allocation", 553: "Mailbox name not allowed", 554: "Transaction failed"}
+
+# aiosmtpd logs every SMTP command, addresses included, at INFO.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 delay = {"seconds": float(os.environ.get("HERALD_SANDBOX_SMTP_DELAY_MS", "0")) / 1000}
 router = APIRouter(tags=["smtp"])
