@@ -33,6 +33,7 @@ class Settings(HeraldSettings):
     resend_api_base: str = "http://127.0.0.1:8110"
     resend_api_key: SecretStr = SecretStr("re_dev_sandbox_key")
     resend_timeout_seconds: float = Field(default=10.0, gt=0)
+    resend_max_connections: int = Field(default=128, ge=1)  # open HTTP connections to the API
 
     unsubscribe_secret: SecretStr = SecretStr(DEV_UNSUBSCRIBE_SECRET)
     unsubscribe_ttl_days: float = Field(default=60.0, gt=0)

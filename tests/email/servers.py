@@ -67,7 +67,7 @@ class RecordingRouter:
         @app.patch("/v1/users/{user_id}/preferences")
         async def patch(user_id: str, request: Request) -> JSONResponse:
             self.requests.append(
-                {"user_id": user_id, "path": request.url.path, "body": await request.json(), "authorization": request.headers.get("authorization")}
+                {"user_id": user_id, "path": request.scope["raw_path"].decode(), "body": await request.json(), "authorization": request.headers.get("authorization")}
             )
             return JSONResponse({"preferences": []}, status_code=self.status)
 

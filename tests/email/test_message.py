@@ -55,3 +55,13 @@ def test_the_resend_payload_carries_the_same_message():
     assert body["subject"] == "Hello" and body["text"] == "Hi\n" and "<p>Hi</p>" in body["html"]
     assert body["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert body["headers"]["X-Herald-Notification-Id"] == str(NID)
+
+
+def test_the_message_policy_itself_refuses_a_header_with_a_line_break():
+    from email.message import EmailMessage
+
+    from services.email.compose import POLICY
+
+    message = EmailMessage(policy=POLICY)
+    with pytest.raises(ValueError, match="linefeed or carriage return"):
+        message["Subject"] = "Hi\r\nBcc: evil@example.com"
