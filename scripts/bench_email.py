@@ -128,7 +128,7 @@ async def run(args: argparse.Namespace) -> None:
         await db.close()
         received = len(httpx.get(f"http://127.0.0.1:{http_port}/api/messages", params={"provider": args.provider}).json())
         seconds = float(row["seconds"])
-        print(f"provider={args.provider} latency={args.latency_ms}ms concurrency={args.concurrency} batch={args.batch} count={args.count}")
+        print(f"loop={type(asyncio.get_running_loop()).__module__.split('.')[0]} provider={args.provider} latency={args.latency_ms}ms concurrency={args.concurrency} batch={args.batch} count={args.count}")
         print(f"sent={row['sent']} not_sent={row['other']} received_by_sandbox={received}")
         print(f"first claim to last send: {seconds:.2f}s -> {row['sent'] / seconds:.0f} sends/s")
         print(f"including start-up and consumer-group join: {wall:.2f}s -> {row['sent'] / wall:.0f} sends/s")
@@ -154,7 +154,15 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--postgres", default=os.environ.get("HERALD_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432"))
     parser.add_argument("--redis", default=os.environ.get("HERALD_BENCH_REDIS", "redis://127.0.0.1:6379/13"))
-    asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    try:
+        import uvloop  # what uvicorn runs the service on, when installed
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(run(args))
 
 
 if __name__ == "__main__":

@@ -205,3 +205,15 @@ async def test_the_sandbox_page_shows_what_was_sent(email_service, sandbox):
         page = (await client.get(f"{sandbox.url}/")).text
     assert "Booking confirmed: Piano lesson" in page and "ada@example.com" in page and "<iframe" in page
     await asyncio.sleep(0)
+
+
+async def test_an_smtp_relay_that_hangs_is_given_up_on_and_retried(email_service, sandbox, db):
+    sandbox.fault("smtp", 0)
+    d = email_dispatch()
+    async with await email_service(smtp_timeout_seconds=0.5) as (settings, _):
+        await send(settings, d)
+        found = await statuses(settings, 2)
+        [message] = await sandbox.messages("smtp")
+    assert [(s["status"], s["reason"]) for s in found] == [("retrying", "timeout"), ("sent", None)]
+    assert message["to"] == "ada@example.com"
+    assert (await ledger(db, d))["attempts"] == 2
