@@ -23,7 +23,7 @@ from services.email.logic import (
 from services.email.settings import Settings
 from shared import Category, PermanentError, TransientError
 
-SECRET = "a-test-unsubscribe-secret-of-enough-length"
+SECRET = "a-test-unsubscribe-secret-long-enough-for-every-hmac-algorithm-0123456789"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
