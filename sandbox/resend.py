@@ -38,6 +38,14 @@ async def set_delay(body: Delay) -> None:
     delay["seconds"] = body.ms / 1000
 
 
+async def _hang(request: Request) -> None:
+    """Answer nothing until the client gives up (or two minutes pass)."""
+    for _ in range(int(_HANG_SECONDS * 10)):
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(0.1)
+
+
 def _error(status: int, name: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"statusCode": status, "name": name, "message": message}, status_code=status, headers=headers)
 
@@ -55,7 +63,7 @@ async def send_email(
     fault = store.take_fault(PROVIDER)
     if fault is not None:
         if fault.status == 0:
-            await asyncio.sleep(_HANG_SECONDS)
+            await _hang(request)
         headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
         return _error(fault.status or 500, "injected_fault", "Injected by the sandbox.", headers)
     try:

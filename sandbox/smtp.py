@@ -66,6 +66,15 @@ def received(envelope: Any) -> Received:
     )
 
 
+async def _hang(server: Any) -> None:
+    """Answer nothing until the client gives up (or two minutes pass)."""
+    for _ in range(int(_HANG_SECONDS * 10)):
+        transport = getattr(server, "transport", None)
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(0.1)
+
+
 class Handler:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -76,7 +85,7 @@ class Handler:
         fault = self.store.take_fault(PROVIDER)
         if fault is not None:
             if fault.status == 0:
-                await asyncio.sleep(_HANG_SECONDS)
+                await _hang(server)
             code = fault.status if 400 <= fault.status < 600 else 451
             return f"{code} {_REASONS.get(code, 'Injected fault')}"
         self.store.add(received(envelope))

@@ -6,10 +6,13 @@ import re
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import jwt
+from pydantic import ValidationError
 
 from shared import Category, PermanentError, TransientError
+from shared.events import EVENT_MODELS
 
 #: Categories whose mail carries RFC 8058 one-click unsubscribe.
 UNSUBSCRIBABLE = frozenset({Category.promotional, Category.learning_tips})
@@ -111,10 +114,6 @@ def format_money(amount: int, currency: str) -> str:
 
 def event_data(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
     """An event's data with every field of its type's model present (defaults filled); unknown types as they are."""
-    from pydantic import ValidationError
-
-    from shared.events import EVENT_MODELS
-
     model = EVENT_MODELS.get(event_type)
     if model is None:
         return dict(data)
@@ -126,6 +125,4 @@ def event_data(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
 
 def unsubscribe_link(base: str, token: str) -> str:
     """The one-click unsubscribe URL carrying ``token``."""
-    from urllib.parse import urlencode
-
     return f"{base}?{urlencode({'token': token})}"
