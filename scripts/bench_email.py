@@ -112,6 +112,12 @@ async def run(args: argparse.Namespace) -> None:
         await fill(settings, args.count)
         app = create_app(settings)
         db = await asyncpg.connect(database_url)
+        profiler = None
+        if args.profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         started, cpu, sandbox_cpu = time.perf_counter(), cpu_seconds(), cpu_seconds(sandbox.pid)
         async with app.router.lifespan_context(app):
             deadline = time.monotonic() + args.timeout
@@ -120,6 +126,9 @@ async def run(args: argparse.Namespace) -> None:
                     raise SystemExit(f"only {done} of {args.count} finished within {args.timeout}s")
                 await asyncio.sleep(0.2)
         wall = time.perf_counter() - started
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
         cpu, sandbox_cpu = cpu_seconds() - cpu, cpu_seconds(sandbox.pid) - sandbox_cpu
         row = await db.fetchrow(
             "SELECT count(*) FILTER (WHERE status = 'sent') AS sent, count(*) FILTER (WHERE status <> 'sent') AS other, "
@@ -152,6 +161,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--db-pool", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--profile", metavar="PATH", help="write a cProfile of the service's run to PATH")
     parser.add_argument("--postgres", default=os.environ.get("HERALD_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432"))
     parser.add_argument("--redis", default=os.environ.get("HERALD_BENCH_REDIS", "redis://127.0.0.1:6379/13"))
     args = parser.parse_args()
