@@ -25,6 +25,7 @@ class Settings(HeraldSettings):
     smtp_port: int = 2525
     smtp_starttls: bool = False  # upgrade the connection with STARTTLS (required when true)
     smtp_use_tls: bool = False  # implicit TLS (port 465)
+    smtp_ca_file: str | None = None  # CA bundle that signs the relay's certificate (default: the system's)
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -34,6 +34,7 @@ class SmtpProvider:
             timeout=s.smtp_timeout_seconds,
             use_tls=s.smtp_use_tls,
             start_tls=s.smtp_starttls,
+            cert_bundle=s.smtp_ca_file,
             username=s.smtp_username,
             password=s.smtp_password.get_secret_value() if s.smtp_password else None,
         )
