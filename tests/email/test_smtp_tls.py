@@ -94,3 +94,25 @@ async def test_an_untrusted_relay_certificate_is_not_accepted(tls_relay):
     finally:
         await provider.aclose()
     assert recorder.received == []
+
+
+async def test_a_pooled_connection_the_relay_closed_is_replaced_without_a_failure():
+    from ..support import eventually
+
+    recorder = Recorder()
+    controller = Controller(recorder, hostname="127.0.0.1", port=free_port(), server_hostname="relay", timeout=0.5)
+    controller.start()
+    provider = SmtpProvider(Settings(smtp_port=controller.port))
+    try:
+        await provider.send(message(), idempotency_key="a")
+        [pooled] = provider._idle
+        await eventually(lambda: _closed(pooled), timeout=20, what="the relay closing the idle connection")
+        await provider.send(message(), idempotency_key="b")
+    finally:
+        await provider.aclose()
+        controller.stop()
+    assert len(recorder.received) == 2
+
+
+async def _closed(client):
+    return not client.is_connected
