@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 import aiohttp
@@ -27,6 +28,10 @@ class ProviderError(Exception):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+# The library logs every request and response at INFO; Herald logs each send itself, masked.
+logging.getLogger("twilio").setLevel(logging.WARNING)
 
 
 class TwilioProvider:
