@@ -30,8 +30,8 @@ from ..support import TopicReader, eventually, make_topics, running, settings_fo
 class ServerThread:
     """An ASGI app served by uvicorn on a free loopback port, in a thread of its own."""
 
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.port = port or free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
