@@ -66,6 +66,8 @@ class SmsDelivery:
 
     def destination(self, dispatch: Dispatch) -> logic.Number:
         """The recipient's number, valid and in an allowed country."""
+        if not dispatch.recipient.phone:
+            raise Suppressed("no_phone", "the recipient has no phone number")
         try:
             number = logic.parse_number(dispatch.recipient.phone)
         except logic.InvalidNumber as exc:

@@ -5,6 +5,8 @@ import re
 
 from shared import Limit, RateLimiter
 
+from ..support import api_key
+
 from .conftest import captured_logs, dispatch, new_phone, produce_all, sms_app, statuses_of
 
 
@@ -16,6 +18,8 @@ async def test_a_dispatch_consumed_twice_is_sent_once_with_its_segments_and_pric
         await produce_all(infra.kafka_bootstrap, settings.notify_topic("sms"), [d, d])
         found = await statuses_of(infra, settings, {d.notification_id}, final=2)
         metrics = (await client.get("/metrics/")).text
+        spend = (await client.get("/v1/sms/spend", headers=api_key(settings))).json()
+        refused = await client.get("/v1/sms/spend")
     assert sorted(s["status"] for s in found) == ["duplicate", "sent"]
     [sent] = await sandbox.messages(phone)
     assert sent["text"] == "Booking confirmed: Piano lesson on 2026-12-01 15:00. https://app.example.com/bookings/b_42"
@@ -25,6 +29,18 @@ async def test_a_dispatch_consumed_twice_is_sent_once_with_its_segments_and_pric
     assert float(row["price_usd"]) == 0.0083 and row["category"] == "lesson_updates"
     assert 'herald_sms_segments_total{category="lesson_updates",country="US",type="booking.confirmed"} 1.0' in metrics
     assert 'herald_sms_spend_usd_total{category="lesson_updates",country="US",type="booking.confirmed"} 0.0083' in metrics
+    [bookings] = [r for r in spend if (r["event_type"], r["category"], r["country"]) == ("booking.confirmed", "lesson_updates", "US")]
+    assert bookings["messages"] >= 1 and bookings["segments"] >= 1 and bookings["price_usd"] >= 0.0083
+    assert refused.status_code == 401
+
+
+async def test_a_dispatch_without_a_phone_is_suppressed(infra, sms_settings, sandbox):
+    settings = sms_settings()
+    d = dispatch(None)
+    async with sms_app(settings):
+        await produce_all(infra.kafka_bootstrap, settings.notify_topic("sms"), [d])
+        [status] = await statuses_of(infra, settings, {d.notification_id}, final=1)
+    assert (status["status"], status["reason"]) == ("suppressed", "no_phone")
 
 
 async def test_the_time_is_shown_in_the_recipients_zone_and_language(infra, sms_settings, sandbox):
