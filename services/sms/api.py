@@ -101,7 +101,7 @@ def _number(raw: str | None, settings: Settings) -> logic.Number:
     },
 )
 async def start_verification(body: VerificationRequest, user_id: UserId, res: AppResources) -> Any:
-    settings, delivery, codes = _parts(res)
+    settings, delivery, _ = _parts(res)
     number = _number(body.phone, settings)
     limiter = delivery.limiter(res)
     grant = await limiter.acquire(
@@ -113,12 +113,23 @@ async def start_verification(body: VerificationRequest, user_id: UserId, res: Ap
     if not grant:
         what = "wait before asking for another code" if grant.refused and ":cooldown:" in grant.refused.key else "too many codes requested"
         return _refuse(status.HTTP_429_TOO_MANY_REQUESTS, what, retry_after=grant.retry_after)
+    refusal = await _send_code(res, user_id=user_id, number=number, locale=body.locale)
+    if refusal is not None:
+        await limiter.release(grant)
+        return refusal
+    log.info("verification code sent to %s for user %s", mask_phone(number.e164), user_id)
+    return VerificationSent(phone=mask_phone(number.e164), expires_in=settings.verify_code_ttl_seconds, resend_after=settings.verify_cooldown_seconds)
+
+
+async def _send_code(res: Any, *, user_id: str, number: logic.Number, locale: str) -> JSONResponse | None:
+    """Store a new code and send it as a critical SMS, now; a refusal to answer with, or None when it was sent."""
+    settings, delivery, codes = _parts(res)
     code = logic.new_code()
     digest = await codes.store(user_id=user_id, phone=number.e164, code=code)
     dispatch = Dispatch(
         notification_id=uuid.uuid4(), event_id=f"verification-{uuid.uuid4().hex}", event_source="herald/sms",
         event_type="phone.verification", category=Category.security, critical=True, channel=Channel.sms,
-        recipient=Recipient(user_id=user_id, phone=number.e164), locale=body.locale, template="verification_code",
+        recipient=Recipient(user_id=user_id, phone=number.e164), locale=locale, template="verification_code",
         data={"code": code, "minutes": max(1, settings.verify_code_ttl_seconds // 60)},
     )
     try:
@@ -126,18 +137,16 @@ async def start_verification(body: VerificationRequest, user_id: UserId, res: Ap
     except Exception:
         log.exception("verification SMS to %s: outcome unknown", mask_phone(number.e164))
         outcome = None
-    if outcome is None or outcome.status is not DeliveryState.sent:
-        await codes.forget(user_id=user_id, digest=digest)
-        await limiter.release(grant)
-        reason = outcome.reason if outcome else "error"
-        log.warning("verification code for user %s to %s not sent: %s", user_id, mask_phone(number.e164), reason)
-        if reason in ("daily_cap", "daily_cap_critical"):
-            return _refuse(status.HTTP_429_TOO_MANY_REQUESTS, "the daily SMS limit for this account is reached", retry_after=logic.DAY)
-        if reason in logic.PERMANENT_CODES.values():
-            return _refuse(status.HTTP_422_UNPROCESSABLE_CONTENT, f"the SMS provider refused this number ({reason})")
-        return _refuse(status.HTTP_503_SERVICE_UNAVAILABLE, "the SMS provider did not take the code; no code was sent, try again shortly", reason=reason)
-    log.info("verification code sent to %s for user %s", mask_phone(number.e164), user_id)
-    return VerificationSent(phone=mask_phone(number.e164), expires_in=settings.verify_code_ttl_seconds, resend_after=settings.verify_cooldown_seconds)
+    if outcome is not None and outcome.status is DeliveryState.sent:
+        return None
+    await codes.forget(user_id=user_id, digest=digest)
+    reason = outcome.reason if outcome else "error"
+    log.warning("verification code for user %s to %s not sent: %s", user_id, mask_phone(number.e164), reason)
+    if reason in ("daily_cap", "daily_cap_critical"):
+        return _refuse(status.HTTP_429_TOO_MANY_REQUESTS, "the daily SMS limit for this account is reached", retry_after=logic.DAY)
+    if reason in logic.PERMANENT_CODES.values():
+        return _refuse(status.HTTP_422_UNPROCESSABLE_CONTENT, f"the SMS provider refused this number ({reason})")
+    return _refuse(status.HTTP_503_SERVICE_UNAVAILABLE, "the SMS provider did not take the code; no code was sent, try again shortly", reason=reason)
 
 
 @api.post(
@@ -159,13 +168,8 @@ async def check_verification(body: VerificationCheck, user_id: UserId, res: AppR
     same_number = body.phone is None or _same(body.phone, attempt.phone)
     if same_number and codes.matches(attempt, user_id=user_id, code=body.code.strip()):
         verified_at = datetime.now(UTC)
-        data = UserUpdated(user_id=user_id, phone=attempt.phone, phone_verified_at=verified_at)
-        event = CloudEvent(
-            specversion="1.0", id=uuid.uuid4().hex, source="herald/sms", type="user.updated", time=verified_at,
-            subject=user_id, data=data.model_dump(mode="json", exclude_none=True),
-        )
         try:
-            await publish_many(res.broker, [Outgoing(settings.domain_topic("user.updated"), event, key=user_id)])
+            await _announce_verified(res, user_id=user_id, phone=attempt.phone, verified_at=verified_at)
         except Exception:
             log.exception("could not announce the verified number of user %s", user_id)
             return _refuse(status.HTTP_503_SERVICE_UNAVAILABLE, "the number could not be recorded as verified; try again")
@@ -177,6 +181,16 @@ async def check_verification(body: VerificationCheck, user_id: UserId, res: AppR
         await codes.forget(user_id=user_id, digest=attempt.stored_hash)
         return _refuse(status.HTTP_400_BAD_REQUEST, "wrong code; it is now invalid, request a new one", tries_left=0)
     return _refuse(status.HTTP_400_BAD_REQUEST, "wrong code", tries_left=left)
+
+
+async def _announce_verified(res: Any, *, user_id: str, phone: str, verified_at: datetime) -> None:
+    """Publish ``user.updated`` with the verified number (the router keeps its recipients directory from it)."""
+    data = UserUpdated(user_id=user_id, phone=phone, phone_verified_at=verified_at)
+    event = CloudEvent(
+        specversion="1.0", id=uuid.uuid4().hex, source="herald/sms", type="user.updated", time=verified_at,
+        subject=user_id, data=data.model_dump(mode="json", exclude_none=True),
+    )
+    await publish_many(res.broker, [Outgoing(res.settings.domain_topic("user.updated"), event, key=user_id)])
 
 
 def _same(given: str, stored: str) -> bool:
