@@ -11,5 +11,13 @@ from .settings import Settings
 
 
 def build_routers(settings: Settings, delivery: SmsDelivery) -> list[KafkaRouter]:
-    pipeline = SenderPipeline(settings, Channel.sms, delivery.deliver, ledger=delivery.ledger)
+    pipeline = SenderPipeline(
+        settings,
+        Channel.sms,
+        delivery.deliver,
+        ledger=delivery.ledger,
+        max_attempts=settings.sms_max_attempts,
+        retry_base_seconds=settings.sms_retry_base_seconds,
+        retry_cap_seconds=settings.sms_retry_cap_seconds,
+    )
     return pipeline.routers()

@@ -5,7 +5,7 @@ import re
 
 from shared import Limit, RateLimiter
 
-from ..support import api_key
+from ..support import TopicReader, api_key
 
 from .conftest import captured_logs, dispatch, new_phone, produce_all, sms_app, statuses_of
 
@@ -98,6 +98,23 @@ async def test_a_transient_twilio_error_is_retried_and_the_failed_attempt_gives_
     assert found[0]["reason"] == "provider_503"
     assert len(await sandbox.messages(phone)) == 1
     assert await db.fetchval("SELECT attempts FROM sms.ledger WHERE notification_id = $1", d.notification_id) == 3
+
+
+async def test_a_dispatch_still_failing_after_the_last_attempt_is_dead_lettered_with_its_slots_given_back(infra, sms_settings, sandbox, db, redis_client):
+    settings = sms_settings(sms_max_attempts=3, sms_retry_base_seconds=0.05, sms_retry_cap_seconds=0.2)
+    d = dispatch(new_phone())
+    await sandbox.fail(503, count=10)
+    async with sms_app(settings):
+        await produce_all(infra.kafka_bootstrap, settings.notify_topic("sms"), [d])
+        async with TopicReader(infra.kafka_bootstrap, settings.dlq_topic) as dlq:
+            [dead] = await dlq.wait_for(1, timeout=60)
+        found = await statuses_of(infra, settings, {d.notification_id}, final=1)
+    assert dict(dead.headers)["herald-reason"] == b"retries_exhausted"
+    assert [s["status"] for s in found] == ["retrying", "retrying", "dead_lettered"]
+    assert await db.fetchval("SELECT status FROM sms.ledger WHERE notification_id = $1", d.notification_id) == "dead_lettered"
+    cap = Limit(f"{settings.sms_redis_prefix}cap:{{{d.recipient.user_id}}}:all", 10, 86_400)
+    assert await RateLimiter(redis_client).used(cap) == 0
+    assert await sandbox.messages() == []
 
 
 async def test_a_hundred_concurrent_dispatches_for_one_user_with_a_cap_of_ten_send_exactly_ten(infra, sms_settings, sandbox, db):
