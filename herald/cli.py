@@ -149,6 +149,13 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_env_example(args: argparse.Namespace) -> int:
+    from . import contract
+
+    sys.stdout.write(contract.env_example())
+    return 0
+
+
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     from .dlq import replay
 
@@ -182,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     schemas = sub.add_parser("schemas", help="regenerate schemas/ from the models and the services")
     schemas.add_argument("--check", action="store_true", help="fail if schemas/ is out of date instead of writing")
     schemas.set_defaults(func=cmd_schemas)
+    sub.add_parser("env-example", help="print every HERALD_* variable with its default").set_defaults(func=cmd_env_example)
     dlq = sub.add_parser("dlq", help="dead-letter topic tools").add_subparsers(dest="dlq_command", required=True)
     replay = dlq.add_parser("replay", help="re-publish dead-lettered messages to where they came from")
     replay.add_argument("--stage", required=True, help="only messages dead-lettered by this stage (router, email, sms, push, inapp)")
