@@ -138,7 +138,13 @@ class SenderPipeline:
             (s.retry_topic(ch), f"{ch}-retry", "retry"),
         ]
         for topic, group, lane in lanes:
-            router.subscriber(topic, **subscriber_options(s, group), title=f"{ch}:{lane}")(self._handler(lane))
+            router.subscriber(
+                topic, **subscriber_options(s, group), title=f"{ch}:{lane}", description=f"Dispatches for the {ch} channel ({lane})"
+            )(self._handler(lane))
+        # Declared for the AsyncAPI document: what this sender writes.
+        router.publisher(s.status_topic, title=f"{ch}:writes:status", schema=DeliveryStatus, description="Every delivery outcome")
+        router.publisher(s.retry_topic(ch), title=f"{ch}:writes:retry", schema=Dispatch, description="Dispatches waiting for another attempt")
+        router.publisher(s.dlq_topic, title=f"{ch}:writes:dlq", schema=Dispatch, description="Dispatches that exhausted their retries, or unreadable bytes")
         return [router]
 
     def _handler(self, lane: str) -> Callable[..., Awaitable[None]]:
