@@ -114,7 +114,10 @@ async def subscribe(body: SubscribeIn, request: Request) -> dict[str, Any]:
 
 @router.get("/subscriptions", summary="The subscriptions this sandbox browser holds")
 async def list_subscriptions() -> list[dict[str, Any]]:
-    return [{"token": s.token, "label": s.label, "expired": s.expired, **s.as_json()} for s in subscriptions.values()]
+    return [
+        {"token": s.token, "label": s.label, "expired": s.expired, "application_server_key": s.application_server_key, **s.as_json()}
+        for s in subscriptions.values()
+    ]
 
 
 @router.delete("/subscriptions/{token}", status_code=204, summary="Expire a subscription: pushes to it get 410 Gone")
