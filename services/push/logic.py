@@ -74,7 +74,7 @@ def forbidden_address(address: str) -> str | None:
                 return inner
     if ip in METADATA_ADDRESSES:
         return "cloud metadata address"
-    for flag in ("is_loopback", "is_link_local", "is_private", "is_multicast", "is_reserved", "is_unspecified"):
+    for flag in ("is_unspecified", "is_loopback", "is_link_local", "is_multicast", "is_private", "is_reserved"):
         if getattr(ip, flag):
             return flag.removeprefix("is_").replace("_", "-") + " address"
     if not ip.is_global:
