@@ -106,7 +106,8 @@ async def subscribe(body: SubscribeIn, request: Request) -> dict[str, Any]:
                 json=sub.as_json(),
                 headers={"Authorization": body.herald.authorization, "User-Agent": "herald-sandbox-browser"},
             )
-            registered = {"status": answer.status_code, "body": answer.json() if answer.content else None}
+            is_json = answer.headers.get("content-type", "").startswith("application/json")
+            registered = {"status": answer.status_code, "body": answer.json() if is_json else answer.text}
     if registered is None or registered["status"] < 300:
         subscriptions[token] = sub
     return {"token": token, "subscription": sub.as_json(), "registered": registered}
@@ -152,8 +153,12 @@ def verify_vapid(authorization: str, *, audience: str, expected_key: str | None)
 
 
 async def _apply(fault: Any, request: Request) -> Response:
-    if fault.status == 0:
-        await asyncio.sleep(3600)  # hang: the sender's timeout ends this
+    if fault.status == 0:  # hang until the sender gives up (or two minutes pass)
+        for _ in range(600):
+            if await request.is_disconnected():
+                break
+            await asyncio.sleep(0.2)
+        return Response(status_code=504)
     headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
     if 300 <= fault.status < 400:
         headers["Location"] = str(request.url)

@@ -277,3 +277,17 @@ async def test_a_user_without_subscriptions_is_suppressed(infra, push_settings):
         await send(infra, settings, dispatch)
         [status] = await statuses_of(infra, settings, dispatch.notification_id, 1)
     assert (status["status"], status["reason"]) == ("suppressed", "no_subscription")
+
+
+async def test_a_push_service_that_does_not_answer_in_time_is_retried(infra, push_settings, sandbox):
+    settings = push_settings(push_timeout_seconds=1.0)
+    user = new_user()
+    dispatch = push_dispatch(user)
+    async with push_service(settings) as (url, app):
+        sub = await browser_subscription(sandbox, url, settings, user)
+        await fault(sandbox, sub["token"], 0)
+        await send(infra, settings, dispatch)
+        retrying, sent = await statuses_of(infra, settings, dispatch.notification_id, 2)
+        [push] = await pushed(sandbox, dispatch.notification_id)
+    assert (retrying["status"], retrying["reason"], sent["status"]) == ("retrying", "timeout", "sent")
+    assert push["meta"]["token"] == sub["token"]
