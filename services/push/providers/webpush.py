@@ -15,7 +15,6 @@ address checks, and only they.
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 from dataclasses import dataclass
 from types import TracebackType
@@ -31,7 +30,6 @@ from pywebpush import WebPushException, webpush_async
 
 from ..logic import Endpoint, EndpointRefused, forbidden_address
 
-log = logging.getLogger(__name__)
 
 
 class ForbiddenAddress(OSError):
