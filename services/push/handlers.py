@@ -31,7 +31,7 @@ from shared import (
 )
 
 from . import logic, repo
-from .logic import Answer, EndpointRefused, Outcome, TargetResult
+from .logic import EndpointRefused, Outcome, TargetResult
 from .providers import PushConnectionError, WebPushClient
 from .settings import Settings
 
@@ -126,15 +126,7 @@ class PushDelivery:
             return TargetResult(Outcome.failed, "endpoint_refused")
         except PushConnectionError as exc:
             return TargetResult(Outcome.retry, exc.reason)
-        answer = logic.classify(response.status)
-        reason = "redirect_refused" if 300 <= response.status < 400 else f"http_{response.status}"
-        if answer is Answer.sent:
-            return TargetResult(Outcome.sent, message_id=response.location)
-        if answer is Answer.gone:
-            return TargetResult(Outcome.removed, reason)
-        if answer is Answer.permanent:
-            return TargetResult(Outcome.failed, reason)
-        return TargetResult(Outcome.retry, reason, retry_after=logic.parse_retry_after(response.retry_after))
+        return logic.result_of(response.status, retry_after=response.retry_after, location=response.location)
 
     async def record(self, sub: dict[str, Any], dispatch: Dispatch, result: TargetResult, res: Resources) -> None:
         """Ledger row, subscription health (remove when gone or failing too often) and metrics."""

@@ -291,6 +291,19 @@ class Verdict:
     summary: str = ""
 
 
+def result_of(status: int, *, retry_after: str | None = None, location: str | None = None, now: datetime | None = None) -> TargetResult:
+    """One subscription's result from the push service's answer."""
+    answer = classify(status)
+    reason = "redirect_refused" if 300 <= status < 400 else f"http_{status}"
+    if answer is Answer.sent:
+        return TargetResult(Outcome.sent, message_id=location)
+    if answer is Answer.gone:
+        return TargetResult(Outcome.removed, reason)
+    if answer is Answer.permanent:
+        return TargetResult(Outcome.failed, reason)
+    return TargetResult(Outcome.retry, reason, retry_after=parse_retry_after(retry_after, now=now))
+
+
 def verdict(results: Sequence[TargetResult]) -> Verdict:
     """Decide the dispatch's outcome from its subscriptions' results.
 

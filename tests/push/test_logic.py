@@ -170,6 +170,15 @@ def test_push_service_answers(status, answer):
     assert logic.classify(status) is answer
 
 
+def test_what_an_answer_means_for_one_subscription():
+    assert logic.result_of(201, location="/m/1") == TargetResult(Outcome.sent, message_id="/m/1")
+    assert logic.result_of(410) == TargetResult(Outcome.removed, "http_410")
+    assert logic.result_of(413) == TargetResult(Outcome.failed, "http_413")
+    assert logic.result_of(308, location="http://169.254.169.254/") == TargetResult(Outcome.failed, "redirect_refused")
+    assert logic.result_of(429, retry_after="7") == TargetResult(Outcome.retry, "http_429", retry_after=7)
+    assert logic.result_of(502) == TargetResult(Outcome.retry, "http_502")
+
+
 def test_retry_after_as_seconds_or_http_date():
     now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     assert logic.parse_retry_after("120", now=now) == 120
