@@ -71,6 +71,9 @@ class PushDelivery:
         """The push's JSON: rendered title and body, absolute URL, id and category, shortened to the limit."""
         try:
             text = self.templates.render(dispatch.template, dispatch.locale, dispatch.data)
+        except TemplateError as exc:
+            raise PermanentError("template_error", str(exc)) from None
+        try:
             payload, shortened = logic.build_payload(
                 title=text["title"],
                 body=text["body"],
@@ -79,8 +82,8 @@ class PushDelivery:
                 category=dispatch.category.value,
                 limit=self.settings.push_max_payload_bytes,
             )
-        except (TemplateError, KeyError, ValueError) as exc:
-            raise PermanentError("template_error", str(exc)) from None
+        except (KeyError, ValueError) as exc:
+            raise PermanentError("payload_error", str(exc)) from None
         if shortened:
             res.extra["push_metrics"].shortened.inc()
             log.warning("push payload of %s shortened to %d bytes", dispatch.notification_id, len(payload))

@@ -42,6 +42,18 @@ class Settings(HeraldSettings):
             raise ValueError("HERALD_VAPID_SUBJECT must be a mailto: or https: URL")
         return value
 
+    @field_validator("vapid_private_key")
+    @classmethod
+    def _loadable(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from py_vapid import Vapid
+
+            try:
+                Vapid.from_string(private_key=value.get_secret_value())
+            except Exception:  # py_vapid raises several kinds for a bad key
+                raise ValueError("HERALD_VAPID_PRIVATE_KEY is not a base64url P-256 private key (raw 32 bytes or DER)") from None
+        return value
+
     @model_validator(mode="after")
     def _production_rules(self) -> Settings:
         if self.environment == "production":

@@ -210,5 +210,20 @@ def test_settings_read_comma_separated_hosts_and_refuse_dev_hosts_in_production(
     settings = Settings()
     assert settings.push_allowed_hosts == ["push.example.com", "*.push.example.net"]
     assert settings.push_dev_hosts == ["127.0.0.1:8110"]
+    with pytest.raises(ValueError, match="not a base64url P-256 private key"):
+        Settings(vapid_private_key="not-a-key")
     with pytest.raises(ValueError, match="development only"):
-        Settings(environment="production", jwt_secret="x" * 40, api_keys="svc=" + "k" * 30, vapid_private_key="abc")
+        Settings(environment="production", jwt_secret="x" * 40, api_keys="svc=" + "k" * 30, vapid_private_key=base64.urlsafe_b64encode(os.urandom(32)).decode())
+
+
+def test_every_notification_the_catalogue_sends_by_push_has_a_push_template():
+    import pathlib
+
+    import yaml
+
+    from services.push.app import TEMPLATES
+    from shared import MessageTemplates
+
+    catalogue = yaml.safe_load(pathlib.Path("services/router/catalogue.yaml").read_text())
+    wanted = {n["template"] for entries in catalogue.values() for n in entries or [] if "push" in n["channels"]}
+    assert wanted and wanted <= MessageTemplates(TEMPLATES).names()
