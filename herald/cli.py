@@ -62,11 +62,28 @@ def _wait_bindable(port: int, timeout: float) -> bool:
         time.sleep(1)
 
 
+def dev_vapid_private_key() -> str:
+    """The development VAPID private key (base64url, raw 32 bytes), generated once into ``.run/`` (kept out of git)."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    path = RUN_DIR / "vapid_private_key"
+    if not path.exists():
+        RUN_DIR.mkdir(exist_ok=True)
+        raw = ec.generate_private_key(ec.SECP256R1()).private_numbers().private_value.to_bytes(32, "big")
+        path.touch(mode=0o600)
+        path.write_text(base64.urlsafe_b64encode(raw).decode().rstrip("=") + "\n")
+    return path.read_text().strip()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Everything `make run` does after installing."""
     settings = HeraldSettings()
     env = dict(os.environ)
     env.setdefault("HERALD_PUSH_DEV_HOSTS", f"127.0.0.1:{port_of(SANDBOX, env)}")
+    if not env.get("HERALD_VAPID_PRIVATE_KEY"):
+        env["HERALD_VAPID_PRIVATE_KEY"] = dev_vapid_private_key()
     stack = Stack(env=env, log_dir=RUN_DIR / "logs")
     tansu = None
     try:
