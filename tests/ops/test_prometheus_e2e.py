@@ -1,0 +1,100 @@
+import time
+import uuid
+
+import httpx
+import pytest
+
+from ..support import api_key, cloud_event
+from .promql import all_queries
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(probe, *, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+
+
+def post_events(platform, events) -> None:
+    response = httpx.post(f"{platform.url('ingress')}/v1/events", json=events, headers=api_key(platform.settings), timeout=20)
+    assert response.status_code == 202, response.text
+
+
+def traffic(count: int) -> list[dict]:
+    events = []
+    for _ in range(count):
+        user = f"u-{uuid.uuid4().hex[:8]}"
+        events.append(cloud_event("auth.password_changed", {"user_id": user}, subject=user))
+        events.append(cloud_event("booking.created", {"booking_id": uuid.uuid4().hex, "student_id": user, "instructor_id": f"i-{user}", "title": "Piano lesson", "starts_at": "2026-12-01T15:00:00Z"}))
+    return events
+
+
+def test_prometheus_scrapes_every_service_and_sees_the_traffic_move(platform):
+    wait_for(lambda: len(platform.query('up{job="herald"} == 1')) == 6, what="all six services scraped and up")
+    services = {r["metric"]["service"] for r in platform.query('up{job="herald"}')}
+    assert services == {"ingress", "router", "email", "sms", "push", "inapp"}
+
+    sent = 'sum(herald_deliveries_total{channel="inapp", status="sent"})'
+    routed = 'sum(herald_events_total{outcome="routed"})'
+    post_events(platform, traffic(3))
+    wait_for(lambda: platform.value(sent) >= 9, what="9 in-app deliveries counted in Prometheus")
+    first_sent, first_routed = platform.value(sent), platform.value(routed)
+    assert first_routed >= 6
+
+    post_events(platform, traffic(2))
+    wait_for(lambda: platform.value(sent) >= first_sent + 6, what="the in-app delivery count to move")
+    wait_for(lambda: platform.value(routed) >= first_routed + 4, what="the routed event count to move")
+
+    by_lane = {r["metric"]["lane"]: float(r["value"][1]) for r in platform.query('sum by (lane) (herald_end_to_end_latency_seconds_count{channel="inapp"})')}
+    assert by_lane.get("critical", 0) >= 5 and by_lane.get("normal", 0) >= 10
+    dispatched = {(r["metric"]["channel"], r["metric"]["lane"]) for r in platform.query('sum by (channel, lane) (herald_dispatches_total{outcome="routed"})')}
+    assert {("inapp", "critical"), ("inapp", "normal")} <= dispatched
+    processed = {r["metric"]["service"] for r in platform.query('sum by (service) (faststream_received_processed_messages_total{status="acked"}) > 0')}
+    assert {"router", "inapp"} <= processed
+    published = {r["metric"]["service"] for r in platform.query('sum by (service) (faststream_published_messages_total{status="success"}) > 0')}
+    assert {"ingress", "router", "inapp"} <= published
+    assert platform.value('histogram_quantile(0.99, sum by (le) (rate(herald_end_to_end_latency_seconds_bucket{channel="inapp"}[1m])))') > 0
+
+
+def test_consumer_lag_of_each_group_reaches_prometheus_and_drains(platform):
+    settings = platform.settings
+    groups = {settings.group_id(name) for name in ("router", "inapp", "inapp-critical", "inapp-retry")}
+
+    def reported():
+        return {r["metric"]["group"] for r in platform.query("max by (group) (herald_consumer_lag)")}
+
+    wait_for(lambda: groups <= reported(), what=f"lag series of {sorted(groups)}")
+    post_events(platform, traffic(2))
+    lag = f'sum(max by (group, topic, partition) (herald_consumer_lag{{group=~"{settings.group_id("router")}|{settings.group_id("inapp")}.*"}}))'
+    wait_for(lambda: platform.query(f"{lag} == 0"), what="the lag to drain to zero after the traffic")
+    partitions = platform.query(f'herald_consumer_lag{{group="{settings.group_id("inapp")}"}}')
+    assert {r["metric"]["topic"] for r in partitions} == {settings.notify_topic("inapp")}
+    assert len(partitions) == settings.kafka_partitions
+
+
+def test_prometheus_loads_the_shipped_rules_and_evaluates_every_query(platform):
+    def rules():
+        body = httpx.get(f"{platform.prometheus_url}/api/v1/rules", timeout=10).json()
+        found = [rule for group in body["data"]["groups"] for rule in group["rules"]]
+        return found if found and all(rule.get("lastEvaluation", "").startswith("20") and rule["health"] == "ok" for rule in found) else None
+
+    evaluated = wait_for(rules, what="every rule evaluated once")
+    assert {r["name"] for r in evaluated} >= {
+        "HeraldServiceDown",
+        "HeraldConsumerLagGrowing",
+        "HeraldDeadLetters",
+        "HeraldProviderErrorRatioHigh",
+        "HeraldEndToEndLatencyHigh",
+        "HeraldSmsSpendOverBudget",
+    }
+    for where, expr in all_queries():
+        if expr.startswith("label_values("):
+            continue
+        concrete = expr.replace("$__rate_interval", "1m").replace("$channel", ".*")
+        platform.query(concrete)  # raises with Prometheus' error when the expression does not parse
