@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,12 +17,28 @@ import httpx
 import yaml
 
 from herald import infra as local
-from herald.stack import SERVICES, ServiceSpec, Stack
+from herald.stack import ROOT, SERVICES, ServiceSpec, Stack, port_of
 from shared import HeraldSettings, create_topics
 
 from ..support import Infra, new_namespace
 
-PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+PROMETHEUS_DIR = DEPLOY / "prometheus"
+
+
+class DeployedStack(Stack):
+    """The local stack, with uvicorn started as the deploy files start it (JSON log configuration)."""
+
+    def start(self, spec: ServiceSpec) -> subprocess.Popen:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{spec.name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        cmd = [
+            sys.executable, "-m", "uvicorn", "--factory", spec.app, "--host", self.host, "--port", str(port_of(spec, self.env)),
+            "--no-access-log", "--log-config", str(DEPLOY / "logging.yaml"),
+        ]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[spec.name] = proc
+        return proc
 
 
 @dataclass
@@ -110,7 +127,7 @@ def running_platform(infra: Infra, workdir: Path, *, services: tuple[ServiceSpec
     settings = HeraldSettings(**{k.removeprefix("HERALD_").lower(): v for k, v in infra.env(namespace).items()})
     asyncio.run(create_topics(settings))
     log_dir = workdir / "logs"
-    stack = Stack(env=environment, log_dir=log_dir)
+    stack = DeployedStack(env=environment, log_dir=log_dir)
     platform = RunningPlatform(stack=stack, settings=settings, log_dir=log_dir)
     try:
         stack.start_all(services, timeout=120)
