@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -17,13 +18,13 @@ import httpx
 import yaml
 
 from herald import infra as local
+from herald.cli import prometheus_config
 from herald.stack import ROOT, SERVICES, ServiceSpec, Stack, port_of
 from shared import HeraldSettings, create_topics
 
 from ..support import Infra, new_namespace
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-PROMETHEUS_DIR = DEPLOY / "prometheus"
 
 
 class DeployedStack(Stack):
@@ -70,18 +71,10 @@ class RunningPlatform:
         return float(result[0]["value"][1]) if result else 0.0
 
 
-def scrape_config(base: Path, targets: dict[str, int], prometheus_port: int, *, interval: str = "1s") -> dict[str, Any]:
-    """The shipped local configuration, pointed at ``targets`` (service → port), scraping every ``interval``."""
-    config = yaml.safe_load(base.read_text())
+def scrape_config(targets: dict[str, int], prometheus_port: int, *, interval: str = "1s") -> dict[str, Any]:
+    """What `herald run` gives Prometheus, pointed at ``targets`` (service → port), scraping every ``interval``."""
+    config = prometheus_config({name: f"127.0.0.1:{port}" for name, port in targets.items()}, f"127.0.0.1:{prometheus_port}")
     config["global"].update(scrape_interval=interval, evaluation_interval=interval)
-    config["rule_files"] = [str(PROMETHEUS_DIR / pattern) for pattern in config["rule_files"]]
-    for job in config["scrape_configs"]:
-        for static in job["static_configs"]:
-            service = static.get("labels", {}).get("service")
-            if service:
-                static["targets"] = [f"127.0.0.1:{targets[service]}"]
-            else:
-                static["targets"] = [f"127.0.0.1:{prometheus_port}"]
     return config
 
 
@@ -121,7 +114,7 @@ def start_prometheus(config: dict[str, Any], workdir: Path, port: int, *, timeou
 def running_platform(infra: Infra, workdir: Path, *, services: tuple[ServiceSpec, ...] = SERVICES, **env: str) -> Iterator[RunningPlatform]:
     """Start ``services`` on free ports against the test infrastructure, and Prometheus scraping them."""
     namespace = new_namespace()
-    environment = {**__import__("os").environ, **infra.env(namespace), "HERALD_LOG_JSON": "true", **env}
+    environment = {**os.environ, **infra.env(namespace), "HERALD_LOG_JSON": "true", **env}
     ports = {spec.name: local.free_port() for spec in services}
     environment.update({spec.port_variable: str(ports[spec.name]) for spec in services})
     settings = HeraldSettings(**{k.removeprefix("HERALD_").lower(): v for k, v in infra.env(namespace).items()})
@@ -132,7 +125,7 @@ def running_platform(infra: Infra, workdir: Path, *, services: tuple[ServiceSpec
     try:
         stack.start_all(services, timeout=120)
         prometheus_port = local.free_port()
-        config = scrape_config(PROMETHEUS_DIR / "prometheus.local.yml", ports, prometheus_port)
+        config = scrape_config(ports, prometheus_port)
         platform.prometheus = start_prometheus(config, workdir, prometheus_port)
         platform.prometheus_url = f"http://127.0.0.1:{prometheus_port}"
         yield platform

@@ -29,3 +29,19 @@ def test_scrape_configurations_are_valid_and_load_the_rules(config):
     result = promtool("check", "config", config)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "rules/herald.yml" in result.stdout
+
+
+def test_herald_run_points_the_shipped_configuration_at_the_stack(tmp_path):
+    import yaml
+
+    from herald.cli import prometheus_config
+
+    targets = {name: f"127.0.0.1:{9200 + i}" for i, name in enumerate(["ingress", "router", "email", "sms", "push", "inapp"])}
+    config = prometheus_config(targets, "127.0.0.1:9399")
+    herald = next(job for job in config["scrape_configs"] if job["job_name"] == "herald")
+    assert {s["labels"]["service"]: s["targets"] for s in herald["static_configs"]} == {k: [v] for k, v in targets.items()}
+    assert all(Path(p).is_absolute() for p in config["rule_files"])
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    result = promtool("check", "config", str(path))
+    assert result.returncode == 0 and "SUCCESS: 7 rules found" in result.stdout, result.stdout + result.stderr
