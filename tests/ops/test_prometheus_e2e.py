@@ -7,7 +7,7 @@ import pytest
 from ..support import api_key, cloud_event
 from .promql import all_queries
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def wait_for(probe, *, timeout: float = 60, what: str = "condition"):
