@@ -66,3 +66,35 @@ async def test_a_running_service_reports_the_lag_of_its_own_groups(infra, namesp
         lines = await eventually(lag_lines, timeout=30, what="consumer lag of the router's group")
         assert all(f'group="{settings.group_id("router")}"' in line for line in lines)
         assert len(lines) == settings.kafka_partitions
+
+
+async def test_an_unreachable_broker_is_logged_and_the_service_goes_on(caplog):
+    from faststream.kafka import KafkaBroker, KafkaRouter
+
+    from herald.infra import free_port
+    from shared._lag import consumer_lag
+
+    router = KafkaRouter()
+    router.subscriber("notify.email", group_id="herald-email")(lambda m: None)
+    nowhere = f"127.0.0.1:{free_port()}"
+    broker = KafkaBroker(nowhere)
+    broker.include_router(router)
+    metrics = Metrics(CollectorRegistry())
+    async with consumer_lag(nowhere, broker, metrics, interval=0.1) as collector:
+        assert collector is not None and collector.groups == [WatchedGroup("herald-email", topics=("notify.email",))]
+
+        async def warned():
+            return [r for r in caplog.records if "consumer lag not measured" in r.getMessage()]
+
+        await eventually(warned, timeout=30, what="a warning about the unreachable broker")
+    assert collector._admin is None and collector._offsets is None
+
+
+async def test_no_collector_runs_when_turned_off_or_without_groups():
+    from faststream.kafka import KafkaBroker
+
+    from shared._lag import consumer_lag
+
+    metrics = Metrics(CollectorRegistry())
+    async with consumer_lag("127.0.0.1:1", KafkaBroker("127.0.0.1:1"), metrics, interval=5) as collector:
+        assert collector is None
