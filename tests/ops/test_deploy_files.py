@@ -229,3 +229,53 @@ def test_each_sender_scales_on_the_lag_of_its_own_consumer_groups(channel):
         assert (meta["topic"],) == groups[group]
         assert meta["bootstrapServers"] == config["HERALD_KAFKA_BOOTSTRAP"]
         assert int(meta["lagThreshold"]) > 0
+
+
+# Dockerfile --------------------------------------------------------------------
+
+
+def dockerfile_copies() -> list[tuple[str, str]]:
+    """``(source, destination)`` of the final stage's COPY lines that take files from the build context."""
+    lines = (ROOT / "Dockerfile").read_text().split("FROM ")[-1].splitlines()
+    copies = []
+    for line in lines:
+        parts = line.split()
+        if parts[:1] == ["COPY"] and not any(p.startswith("--from") for p in parts):
+            source, destination = [p for p in parts[1:] if not p.startswith("--")]
+            copies.append((source, destination))
+    return copies
+
+
+def test_the_image_holds_what_every_service_and_the_set_up_job_need(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    ignored = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for source, destination in dockerfile_copies():
+        target = tmp_path / destination.removeprefix("./")
+        if (ROOT / source).is_dir():
+            shutil.copytree(ROOT / source, target, ignore=ignored)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / source, target)
+    dockerignore = (ROOT / ".dockerignore").read_text().split()
+    assert not {src for src, _ in dockerfile_copies()} & set(dockerignore)
+    probe = "; ".join(
+        [
+            "import importlib, pathlib, sys",
+            f"root = pathlib.Path({str(tmp_path)!r})",
+            "from herald.cli import main, migrations_of_all",
+            "assert pathlib.Path(sys.modules['herald.cli'].__file__).is_relative_to(root)",
+            "assert len(migrations_of_all()) >= 6",
+            *[
+                f"m = importlib.import_module('services.{n}.app'); assert pathlib.Path(m.__file__).is_relative_to(root); m.create_app()"
+                for n in NAMES
+            ],
+        ]
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in NAMES:
+        command = COMPOSE["services"][name]["command"]
+        assert (tmp_path / command[command.index("--log-config") + 1]).is_file()

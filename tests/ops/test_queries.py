@@ -73,3 +73,21 @@ def test_every_query_names_a_metric_the_services_export(exported, where, expr):
     assert names, f"no metric found in {expr!r}"
     missing = sorted(n for n in names if n not in SYNTHETIC and not is_exported(n, union))
     assert not missing, f"{where}: {expr!r} names {missing}, which no service exports"
+
+
+def test_dashboard_panels_fit_the_grid_without_overlapping():
+    import json
+
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        assert dashboard["uid"] and dashboard["title"]
+        cells = set()
+        for panel in dashboard["panels"]:
+            grid = panel["gridPos"]
+            assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
+            mine = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])}
+            assert not mine & cells, f"{panel['title']} overlaps another panel"
+            cells |= mine
+            if panel["type"] != "row":
+                refs = [t["refId"] for t in panel["targets"]]
+                assert refs and len(refs) == len(set(refs)) and panel["datasource"]["uid"] == "${datasource}", panel["title"]
