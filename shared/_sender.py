@@ -181,7 +181,7 @@ class SenderPipeline:
             dispatch = Dispatch.model_validate_json(record.value or b"")
         except ValidationError as exc:
             res.metrics.dead_lettered.labels(self.channel.value, "invalid_dispatch").inc()
-            log.warning("invalid dispatch at %s/%s@%s: %s", record.topic, record.partition, record.offset, exc.errors()[:3])
+            log.warning("invalid dispatch at %s/%s@%s: %s", record.topic, record.partition, record.offset, exc.errors(include_input=False, include_url=False)[:3])
             return [dead_letter(self.settings, record, stage=self.channel.value, reason="invalid_dispatch", error=str(exc))]
         event_id_var.set(dispatch.event_id)
         notification_id_var.set(str(dispatch.notification_id))
