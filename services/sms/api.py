@@ -212,8 +212,8 @@ async def twilio_status(request: Request, res: AppResources) -> Response:
     params = dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
     signature = request.headers.get("x-twilio-signature", "")
     url = settings.public_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
-    if not signature or not validator.validate(url, params, signature):
+    token = settings.twilio_auth_token.get_secret_value()
+    if not token or not signature or not RequestValidator(token).validate(url, params, signature):
         log.warning("refused a Twilio status callback with a %s signature", "wrong" if signature else "missing")
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="missing or invalid X-Twilio-Signature")
     sid, message_status = params.get("MessageSid") or params.get("SmsSid"), params.get("MessageStatus") or params.get("SmsStatus")

@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             codes=PendingCodes(
                 res.redis,
                 prefix=settings.sms_redis_prefix,
-                secret=settings.verify_code_secret.get_secret_value().encode(),
+                secret=settings.code_key(),
                 ttl=settings.verify_code_ttl_seconds,
             ),
         )

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from shared import CommaList, HeraldSettings, split_commas
 
 DEV_TWILIO_TOKEN = "sandbox-auth-token"
-DEV_CODE_SECRET = "dev-only-verification-secret-change-me"
 
 
 class Settings(HeraldSettings):
@@ -29,12 +31,12 @@ class Settings(HeraldSettings):
 
     # destinations and bodies
     sms_allowed_countries: CommaList = Field(
-        default_factory=lambda: ["US", "CA", "GB", "IE", "DE", "AT", "CH", "FR", "NL", "BE", "LU", "ES", "PT", "IT", "DK", "SE", "NO", "FI", "PL", "AU", "NZ"]
+        default=["US", "CA", "GB", "IE", "DE", "AT", "CH", "FR", "NL", "BE", "LU", "ES", "PT", "IT", "DK", "SE", "NO", "FI", "PL", "AU", "NZ"]  # pydantic copies a list default per instance
     )
     sms_max_segments: int = Field(default=3, ge=1, le=10)
     sms_price_default_usd: float = Field(default=0.05, ge=0)
     sms_prices_usd: CommaList = Field(
-        default_factory=lambda: ["US=0.0083", "CA=0.0083", "GB=0.0524", "IE=0.0796", "DE=0.0919", "FR=0.0798", "NL=0.1094", "AU=0.0515"]
+        default=["US=0.0083", "CA=0.0083", "GB=0.0524", "IE=0.0796", "DE=0.0919", "FR=0.0798", "NL=0.1094", "AU=0.0515"]
     )
 
     # caps (Redis, shared by every instance)
@@ -50,7 +52,7 @@ class Settings(HeraldSettings):
     verify_window_seconds: int = Field(default=600, ge=1)
     verify_cooldown_seconds: int = Field(default=60, ge=0)
     verify_max_tries: int = Field(default=5, ge=1)
-    verify_code_secret: SecretStr = SecretStr(DEV_CODE_SECRET)
+    verify_code_secret: SecretStr | None = None  # key of the stored code hashes; unset: derived from the Twilio auth token
 
     _split = field_validator("sms_allowed_countries", "sms_prices_usd", mode="before")(split_commas)
 
@@ -67,10 +69,12 @@ class Settings(HeraldSettings):
     @model_validator(mode="after")
     def _real_secrets_in_production(self) -> Settings:
         if self.environment == "production":
-            if self.twilio_auth_token.get_secret_value() in {"", DEV_TWILIO_TOKEN}:
-                raise ValueError("HERALD_TWILIO_AUTH_TOKEN is the sandbox placeholder; set the account's auth token in production")
-            if self.verify_code_secret.get_secret_value() in {"", DEV_CODE_SECRET} or len(self.verify_code_secret.get_secret_value()) < 32:
-                raise ValueError("HERALD_VERIFY_CODE_SECRET is a placeholder or shorter than 32 characters")
+            # Empty means SMS is not configured (sends fail and wait in dlq; callbacks are refused); a placeholder is a mistake.
+            if self.twilio_auth_token.get_secret_value().strip().lower() in {DEV_TWILIO_TOKEN, "replace_me", "changethis", "change-me"}:
+                raise ValueError("HERALD_TWILIO_AUTH_TOKEN is a placeholder; set the account's auth token in production")
+            secret = self.verify_code_secret.get_secret_value() if self.verify_code_secret else None
+            if secret and len(secret) < 32:
+                raise ValueError("HERALD_VERIFY_CODE_SECRET is shorter than 32 characters; set a real one or leave it unset")
         return self
 
     def price_table(self) -> dict[str, float]:
@@ -82,6 +86,13 @@ class Settings(HeraldSettings):
                 raise ValueError(f"HERALD_SMS_PRICES_USD entry {entry!r} is not of the form CC=price")
             table[country.strip().upper()] = float(price)
         return table
+
+    def code_key(self) -> bytes:
+        """The key of the stored verification-code hashes."""
+        if self.verify_code_secret is not None and self.verify_code_secret.get_secret_value():
+            return self.verify_code_secret.get_secret_value().encode()
+        token = self.twilio_auth_token.get_secret_value().encode()
+        return hmac.new(token, b"herald phone verification codes", hashlib.sha256).digest()
 
     @property
     def status_callback_url(self) -> str | None:

@@ -163,3 +163,19 @@ def test_the_verification_code_template_renders_in_each_locale():
     for locale in templates.locales:
         text = templates.render("verification_code", locale, {"code": "042917", "minutes": 10, "url": None})["text"]
         assert "042917" in text and logic.count_segments(text).count == 1
+
+
+def test_production_refuses_placeholder_twilio_credentials_and_a_short_code_secret():
+    from pydantic import ValidationError
+
+    from services.sms.settings import Settings
+
+    real = {"environment": "production", "jwt_secret": "j" * 40, "api_keys": "ops=" + "k" * 40}
+    for token in ("sandbox-auth-token", "REPLACE_ME"):
+        with pytest.raises(ValidationError, match="TWILIO_AUTH_TOKEN"):
+            Settings(**real, twilio_auth_token=token)
+    with pytest.raises(ValidationError, match="VERIFY_CODE_SECRET"):
+        Settings(**real, twilio_auth_token="t" * 32, verify_code_secret="short")
+    settings = Settings(**real, twilio_auth_token="t" * 32)
+    assert settings.code_key() != Settings(**real, twilio_auth_token="u" * 32).code_key()
+    assert Settings(**real, twilio_auth_token="t" * 32, verify_code_secret="s" * 32).code_key() == b"s" * 32

@@ -38,6 +38,15 @@ async def test_forged_or_missing_signatures_are_refused(sms_settings, sandbox, d
     assert "X-Twilio-Signature" in missing.json()["detail"]
 
 
+async def test_without_an_auth_token_every_callback_is_refused(sms_settings, sandbox):
+    settings = sms_settings(twilio_auth_token="")
+    params = {"MessageSid": "SMdeadbeef", "MessageStatus": "delivered"}
+    signature = RequestValidator("").compute_signature(settings.public_url + PATH, params)
+    async with sms_app(settings) as client:
+        response = await client.post(PATH, data=params, headers={"X-Twilio-Signature": signature})
+    assert response.status_code == 403
+
+
 async def test_a_delivered_receipt_updates_the_ledger_and_is_published_once(infra, sms_settings, sandbox, db):
     settings = sms_settings()
     phone = new_phone()
