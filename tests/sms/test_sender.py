@@ -3,6 +3,7 @@
 import asyncio
 import re
 
+from herald.infra import free_port
 from shared import Limit, RateLimiter
 
 from ..support import TopicReader, api_key
@@ -115,6 +116,16 @@ async def test_a_dispatch_still_failing_after_the_last_attempt_is_dead_lettered_
     cap = Limit(f"{settings.sms_redis_prefix}cap:{{{d.recipient.user_id}}}:all", 10, 86_400)
     assert await RateLimiter(redis_client).used(cap) == 0
     assert await sandbox.messages() == []
+
+
+async def test_an_unreachable_provider_is_a_transient_failure(infra, sms_settings, sandbox):
+    closed = f"http://127.0.0.1:{free_port()}"
+    settings = sms_settings(twilio_api_base=closed, sms_max_attempts=2, sms_retry_base_seconds=0.05, sms_retry_cap_seconds=0.1)
+    d = dispatch(new_phone())
+    async with sms_app(settings):
+        await produce_all(infra.kafka_bootstrap, settings.notify_topic("sms"), [d])
+        found = await statuses_of(infra, settings, {d.notification_id}, final=1)
+    assert [(s["status"], s["reason"]) for s in found] == [("retrying", "provider_unreachable"), ("dead_lettered", "retries_exhausted")]
 
 
 async def test_a_hundred_concurrent_dispatches_for_one_user_with_a_cap_of_ten_send_exactly_ten(infra, sms_settings, sandbox, db):
