@@ -27,7 +27,7 @@ class Settings(HeraldSettings):
     push_max_subscriptions_per_user: Annotated[int, Field(ge=1)] = 20
     push_max_attempts: Annotated[int, Field(ge=1)] = 5
     push_retry_base_seconds: float = Field(default=2.0, gt=0)
-    push_retry_cap_seconds: float = Field(default=300.0, gt=0)
+    push_retry_cap_seconds: float = Field(default=120.0, gt=0)  # the retry consumer waits in-process: stay well under max.poll.interval
 
     @field_validator("push_allowed_hosts", "push_dev_hosts", mode="before")
     @classmethod

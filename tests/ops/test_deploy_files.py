@@ -25,7 +25,16 @@ CONTRACT = {
     "HERALD_VAPID_PRIVATE_KEY", "HERALD_VAPID_SUBJECT", "HERALD_PUSH_ALLOWED_HOSTS", "HERALD_PUSH_DEV_HOSTS",
     "HERALD_STRIPE_WEBHOOK_SECRET",
 }  # fmt: skip
-REQUIRED = {"POSTGRES_PASSWORD": "pg-secret", "HERALD_JWT_SECRET": "x" * 40, "HERALD_API_KEYS": "shop=0123456789abcdef", "GRAFANA_ADMIN_PASSWORD": "g"}
+def _vapid_key() -> str:
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    raw = ec.generate_private_key(ec.SECP256R1()).private_numbers().private_value.to_bytes(32, "big")
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+REQUIRED = {"HERALD_VAPID_PRIVATE_KEY": _vapid_key(), "POSTGRES_PASSWORD": "pg-secret", "HERALD_JWT_SECRET": "x" * 40, "HERALD_API_KEYS": "shop=0123456789abcdef", "GRAFANA_ADMIN_PASSWORD": "g"}
 
 
 def settings_class(name: str) -> type[HeraldSettings]:
