@@ -122,6 +122,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not env.get("HERALD_VAPID_PRIVATE_KEY"):
         env["HERALD_VAPID_PRIVATE_KEY"] = dev_vapid_private_key()
     stack = Stack(env=env, log_dir=RUN_DIR / "logs")
+    if "HERALD_PUBLIC_URL" not in os.environ:
+        # Locally nothing routes /v1/webhooks/twilio/* to sms: let the sandbox call it back directly.
+        sms = next(spec for spec in SERVICES if spec.name == "sms")
+        stack.service_env["sms"] = {"HERALD_PUBLIC_URL": f"http://127.0.0.1:{port_of(sms, env)}"}
     tansu = prometheus = None
     try:
         infra.ensure_postgres(settings.database_url)

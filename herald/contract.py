@@ -93,7 +93,7 @@ def env_variables() -> dict[str, tuple[str, str]]:
             if name in {"service_name", "port"}:  # fixed per service; ports are HERALD_<SERVICE>_PORT
                 continue
             variable = f"HERALD_{name.upper()}"
-            default = field.default
+            default = field.get_default(call_default_factory=True)
             if isinstance(default, Path):
                 default = default.relative_to(root) if default.is_relative_to(root) else default
             if isinstance(default, SecretStr):
