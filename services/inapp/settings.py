@@ -19,6 +19,7 @@ class Settings(HeraldSettings):
     stream_replay_batch: int = Field(default=200, ge=1)
     stream_retry_ms: int = Field(default=3000, ge=100, description="the reconnection delay sent to EventSource clients")
     redis_prefix: str = "herald:"
+    inbox_redis_namespace: str | None = None  # default: the Kafka topic namespace (instances sharing it share streams)
 
     # the widget
     cors_origins: CommaList = Field(default_factory=list, description="origins that may call the API from a browser (default: the front-end URL)")
@@ -30,7 +31,8 @@ class Settings(HeraldSettings):
     @property
     def inbox_redis_prefix(self) -> str:
         """Redis keys and channels of the inbox, isolated per topic namespace like the topics."""
-        return f"{self.redis_prefix}{self.kafka_topic_namespace}inbox:"
+        namespace = self.kafka_topic_namespace if self.inbox_redis_namespace is None else self.inbox_redis_namespace
+        return f"{self.redis_prefix}{namespace}inbox:"
 
     def allowed_origins(self) -> list[str]:
         return [o.rstrip("/") for o in self.cors_origins] or [self.frontend_url]

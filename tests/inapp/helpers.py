@@ -85,8 +85,15 @@ class SSE:
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     comments: list[str] = field(default_factory=list)
     last_event_id: str | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def pump(self) -> None:
+        try:
+            await self._read()
+        finally:
+            self.ended.set()
+
+    async def _read(self) -> None:
         event, data, event_id = "message", [], None
         async for line in self.response.aiter_lines():
             if line == "":
