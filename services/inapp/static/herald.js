@@ -78,7 +78,7 @@ export class HeraldStream {
     };
     source.addEventListener('ready', (event) => { this.failures = 0; json('ready', true)(event); });
     source.addEventListener('notification', json('notification', true));
-    source.addEventListener('unread', json('unread', false));
+    source.addEventListener('unread', (event) => this.handlers.unread?.(JSON.parse(event.data).count));
     source.addEventListener('change', json('change', false));
     source.onerror = () => {
       if (source.readyState === EventSource.CLOSED) this.retryLater();
