@@ -41,6 +41,8 @@ def dispatch(user_id: str, **overrides: Any) -> Dispatch:
 class Server:
     """A real uvicorn server running an app in a thread of its own (its own event loop)."""
 
+    ready_path = "/readyz"
+
     def __init__(self, app: Any) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -57,7 +59,7 @@ class Server:
             if not self.server.started:
                 return False
             async with httpx.AsyncClient() as client:
-                return (await client.get(f"{self.url}/readyz")).status_code == 200
+                return (await client.get(f"{self.url}{self.ready_path}")).status_code == 200
 
         await eventually(ready, timeout=60, interval=0.2, what=f"server on {self.port} ready")
         return self
