@@ -212,12 +212,18 @@ async def _stream_user(request: Request, res: Resources, token: str | None) -> s
     "/stream",
     summary="Server-sent events: the user's new notifications and unread-count changes",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, 400: {"description": "Bad Last-Event-ID"}, 401: {"description": "No valid token"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        400: {"description": "Bad Last-Event-ID"},
+        401: {"description": "No valid token"},
+        429: {"description": "Too many open streams for this user"},
+        503: {"description": "Real-time delivery unavailable (Redis)"},
+    },
 )
 async def stream_inbox(
     request: Request,
     res: AppResources,
-    token: Annotated[str | None, Query(description="A stream token (POST /v1/inbox/stream-token); never the JWT")] = None,
+    token: Annotated[str | None, Query(max_length=200, description="A stream token (POST /v1/inbox/stream-token); never the JWT")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", include_in_schema=False)] = None,
     resume_after: Annotated[str | None, Query(alias="last_event_id", description="Resume after this event id (for a new EventSource)")] = None,
 ) -> EventSourceResponse:
@@ -227,6 +233,11 @@ async def stream_inbox(
     except logic.BadCursor as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from None
     settings = _settings(res)
+    hub: stream.StreamHub = res.extra["hub"]
+    if not hub.connected:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="real-time delivery is unavailable; retry later", headers={"Retry-After": "5"})
+    if hub.streams_of(user_id) >= settings.stream_max_per_user:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail="too many open streams for this user; close one")
     return EventSourceResponse(
         _events(res, user_id, resume),
         ping=settings.stream_ping_seconds,
@@ -274,9 +285,10 @@ async def _events(res: Resources, user_id: str, resume: int | None) -> AsyncIter
             ends = time.monotonic() + settings.stream_max_seconds if settings.stream_max_seconds else None
             while ends is None or time.monotonic() < ends:
                 message = await subscriber.get(None if ends is None else max(ends - time.monotonic(), 0))
-                if subscriber.take_overflow():
+                if subscriber.take_overflow():  # messages were dropped: catch up from the table
                     async for event, last in _backfill(res, user_id, last):
                         yield event
+                    yield ServerSentEvent(event="change", data=json.dumps({"op": "resync", "ids": []}))
                     async with res.pool.acquire() as conn:
                         yield _unread(await repo.unread_count(conn=conn, user_id=user_id))
                     continue

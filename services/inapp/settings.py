@@ -17,6 +17,7 @@ class Settings(HeraldSettings):
     stream_max_seconds: float = Field(default=900.0, ge=0, description="a stream ends after this long (0: never); the client re-authenticates")
     stream_send_timeout_seconds: float = Field(default=30.0, gt=0, description="a client that takes longer to accept one write is dropped")
     stream_replay_batch: int = Field(default=200, ge=1)
+    stream_max_per_user: int = Field(default=20, ge=1, description="open streams one user may hold on one instance")
     stream_retry_ms: int = Field(default=3000, ge=100, description="the reconnection delay sent to EventSource clients")
     redis_prefix: str = "herald:"
     inbox_redis_namespace: str | None = None  # default: the Kafka topic namespace (instances sharing it share streams)

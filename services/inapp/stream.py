@@ -74,11 +74,22 @@ class StreamHub:
         self._lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
         self._control = f"{prefix}hub"
+        self._connected = asyncio.Event()
+        self._lost = False
 
-    async def start(self) -> None:
-        await self._subscribe(self._control)
+    async def start(self, timeout: float = 5.0) -> None:
+        """Start reading; wait a little for Redis, but start without it (streams answer 503 until it is back)."""
         self._reader = asyncio.create_task(self._read(), name="inbox-pubsub-reader")
-        await self._wait_confirmed(self._control)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
+        except TimeoutError:
+            log.warning("Redis pub/sub not reachable yet; in-app streams are unavailable until it is")
+
+    @property
+    def connected(self) -> bool:
+        """Whether this instance currently receives the published changes."""
+        return self._connected.is_set()
 
     async def stop(self) -> None:
         if self._reader is not None:
@@ -91,6 +102,10 @@ class StreamHub:
     @property
     def open_streams(self) -> int:
         return sum(len(s) for s in self._subscribers.values())
+
+    def streams_of(self, user_id: str) -> int:
+        """How many streams of this user are open on this instance."""
+        return len(self._subscribers.get(logic.channel_of(self.prefix, user_id), ()))
 
     @contextlib.asynccontextmanager
     async def subscribe(self, user_id: str) -> AsyncIterator[Subscriber]:
@@ -106,6 +121,8 @@ class StreamHub:
                     await self._wait_confirmed(channel)
                 except BaseException:
                     self._subscribers.pop(channel, None)
+                    with contextlib.suppress(Exception):
+                        await self._pubsub.unsubscribe(channel)
                     raise
         try:
             yield subscriber
@@ -135,36 +152,52 @@ class StreamHub:
         backoff = 0.1
         while True:
             try:
+                if not self._pubsub.subscribed:
+                    await self._pubsub.subscribe(self._control)
                 message = await self._pubsub.get_message(timeout=None)
                 backoff = 0.1
+                if message is not None and self._dispatch(message):
+                    # Redis answers in order: the PONG comes after every re-subscription sent on reconnect.
+                    await self._pubsub.ping()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("inbox pub/sub connection failed (%s); reconnecting", exc)
-                self._resync_all()
+                if self._connected.is_set():
+                    log.warning("inbox pub/sub connection lost (%s); reconnecting", exc)
+                self._connected.clear()
+                self._lost = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-                continue
-            if message is not None:
-                self._dispatch(message)
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
+    def _dispatch(self, message: dict[str, Any]) -> bool:
+        """Route one pub/sub message; True when a PING should follow (reconnected after a loss)."""
         kind = message["type"]
         channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
+        if kind == "pong" and self._lost:
+            # Everything is subscribed again: streams catch up on what was published meanwhile.
+            self._lost = False
+            self._resync_all()
+            self._connected.set()
+            return False
         if kind == "subscribe":
             event = self._confirmations.get(channel)
             if event is not None:
                 event.set()
-            return
+            if channel == self._control:
+                if self._lost:
+                    return True
+                self._connected.set()
+            return False
         if kind != "message":
-            return
+            return False
         try:
             payload = json.loads(message["data"])
         except (ValueError, TypeError):
             log.warning("ignoring a malformed inbox message on %s", channel)
-            return
+            return False
         for subscriber in list(self._subscribers.get(channel, ())):
             subscriber.offer(payload)
+        return False
 
     def _resync_all(self) -> None:
         """After a lost connection every stream may have missed messages: make each catch up from the table."""

@@ -247,3 +247,13 @@ async def test_operations_are_counted(client, module_settings, seed, user):
     metrics = (await client.get("/metrics/")).text
     for op in ("read", "unread", "deleted"):
         assert f'herald_inbox_operations_total{{operation="{op}"}}' in metrics
+
+
+async def test_the_front_end_origin_may_call_the_api_from_a_browser(client, module_settings):
+    origin = module_settings.frontend_url
+    preflight = await client.options(
+        "/v1/inbox/read-all", headers={"Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    )
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == origin
+    foreign = await client.options("/v1/inbox", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"})
+    assert "access-control-allow-origin" not in foreign.headers

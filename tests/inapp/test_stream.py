@@ -7,10 +7,12 @@ import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 
 from services.inapp import api as inbox_api
 from services.inapp import logic
@@ -21,7 +23,7 @@ from services.inapp.stream import StreamHub
 from shared import MessageTemplates, Metrics, Resources
 
 from ..support import bearer, eventually, make_topics, new_namespace, produce, settings_for
-from .helpers import SSE, Server, dispatch, sse
+from .helpers import SSE, Server, TcpProxy, dispatch, sse
 
 
 async def stream_token(url: str, settings: Settings, user: str) -> str:
@@ -256,6 +258,8 @@ async def test_an_overflowing_stream_stays_bounded_and_catches_up_from_the_table
     try:
         ready = await anext(events)
         assert ready.event == "ready"
+        await store_notification(dispatch(user, data={"title": "first", "body": "."}), res, templates=templates, settings=settings)
+        assert json.loads((await asyncio.wait_for(anext(events), 20)).data)["title"] == "first"  # now fed by pub/sub
         # The generator is suspended (a client not reading): ten notifications arrive meanwhile.
         for i in range(10):
             await store_notification(dispatch(user, data={"title": f"n{i}", "body": "."}), res, templates=templates, settings=settings)
@@ -268,7 +272,7 @@ async def test_an_overflowing_stream_stays_bounded_and_catches_up_from_the_table
             if event.event == "notification":
                 received.append(event)
         assert [json.loads(e.data)["title"] for e in received] == [f"n{i}" for i in range(10)]
-        assert [int(e.id) for e in received] == list(range(1, 11))
+        assert [int(e.id) for e in received] == list(range(2, 12))
     finally:
         await events.aclose()
         await hub.stop()
@@ -286,3 +290,58 @@ async def test_a_stream_ends_after_its_maximum_lifetime(infra, namespace, user):
         async with sse(f"{server.url}/v1/inbox/stream", headers=bearer(settings, user)) as stream:
             await stream.next("ready")
             await asyncio.wait_for(stream.ended.wait(), 20)
+
+
+async def test_streams_catch_up_after_the_pubsub_connection_is_lost(infra, namespace, pool, redis_client, user):
+    settings = settings_for(Settings, infra, namespace)
+    target = urlsplit(infra.redis_url)
+    proxy = TcpProxy(target.hostname, target.port or 6379)
+    await proxy.start()
+    hub_redis = Redis.from_url(f"redis://127.0.0.1:{proxy.port}{target.path}")
+    hub = StreamHub(hub_redis, settings.inbox_redis_prefix, queue_size=settings.stream_queue_size)
+    await hub.start()
+    # The hub reads through the proxy; storing and publishing go straight to Redis.
+    res = Resources(settings=settings, broker=None, metrics=Metrics(CollectorRegistry()), pool=pool, redis=redis_client, extra={"hub": hub})  # type: ignore[arg-type]
+    templates = MessageTemplates(TEMPLATES)
+    events = inbox_api._events(res, user, None)
+    try:
+        assert (await anext(events)).event == "ready"
+        await store_notification(dispatch(user, data={"title": "before", "body": "."}), res, templates=templates, settings=settings)
+        assert json.loads((await asyncio.wait_for(anext(events), 20)).data)["title"] == "before"  # now waiting on pub/sub
+        assert hub.connected
+        await proxy.cut()
+        await eventually(lambda: _true(not hub.connected), what="the hub noticing the lost connection")
+        for i in range(3):  # published while no instance listens: lost on pub/sub
+            await store_notification(dispatch(user, data={"title": f"n{i}", "body": "."}), res, templates=templates, settings=settings)
+        await proxy.start()
+        received = []
+        while len(received) < 3:
+            event = await asyncio.wait_for(anext(events), 30)
+            if event.event == "notification":
+                received.append(json.loads(event.data)["title"])
+        assert received == ["n0", "n1", "n2"]
+        assert hub.connected
+        await store_notification(dispatch(user, data={"title": "after", "body": "."}), res, templates=templates, settings=settings)
+        while (event := await asyncio.wait_for(anext(events), 20)).event != "notification":
+            pass
+        assert json.loads(event.data)["title"] == "after"
+    finally:
+        await events.aclose()
+        await hub.stop()
+        await hub_redis.aclose()
+        await proxy.stop()
+
+
+async def test_one_user_cannot_open_unbounded_streams(infra, namespace, user):
+    settings = settings_for(Settings, infra, namespace, stream_max_per_user=2)
+    await make_topics(settings)
+    async with Server(create_app(settings)) as server:
+        url = f"{server.url}/v1/inbox/stream"
+        async with sse(url, headers=bearer(settings, user)) as one, sse(url, headers=bearer(settings, user)) as two:
+            await one.next("ready")
+            await two.next("ready")
+            async with httpx.AsyncClient(timeout=10) as client:
+                third = await client.get(url, headers=bearer(settings, user))
+                assert third.status_code == 429 and third.json()["detail"]
+            async with sse(url, headers=bearer(settings, f"{user}-other")) as someone_else:
+                await someone_else.next("ready")

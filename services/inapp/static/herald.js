@@ -175,6 +175,10 @@ class HeraldElement extends HTMLElement {
   }
 
   applyChange(items, { op, ids }) {
+    if (op === 'resync') {
+      this.refresh().catch((error) => this.problem(error));
+      return items;
+    }
     const touched = new Set(ids);
     if (op === 'cleared') return [];
     if (op === 'deleted') return items.filter((item) => !touched.has(item.id));
