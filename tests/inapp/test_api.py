@@ -185,6 +185,7 @@ def _token(secret: str, *, alg: str = "HS256", **claims) -> str:
     return jwt.encode(payload, secret, algorithm=alg)
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 async def test_tokens_are_checked_for_signature_expiry_audience_and_algorithm(client, module_settings):
     secret = module_settings.jwt_secret.get_secret_value()
     header, _, payload_sig = _token(secret).partition(".")
