@@ -50,6 +50,8 @@ async def store_notification(dispatch: Dispatch, res: Resources, *, templates: M
         raise TransientError("database_unavailable", str(exc)) from None
     if created:
         res.metrics.inbox_operations.labels("stored").inc()
+    if row is None:  # stored before and deleted by the user since: nothing to announce
+        return str(dispatch.notification_id)
     # Announced after the commit, also for a row an earlier attempt stored but could not announce.
     try:
         message = logic.notification_message(row, unread=unread, stored_at=time.time())

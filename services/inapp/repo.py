@@ -21,8 +21,10 @@ async def insert(
     url: str | None,
     data: dict[str, Any],
     created_at: datetime,
-) -> tuple[dict[str, Any], bool]:
-    """Store a notification once, numbered next in its user's inbox; the row, and False when it was already stored.
+) -> tuple[dict[str, Any] | None, bool]:
+    """Store a notification once, numbered next in its user's inbox; (the row, whether it is new).
+
+    The row of one stored before is returned too, unless the user deleted it since (None).
 
     The per-user counter row stays locked until commit, so one user's numbers commit in order.
     """
@@ -57,8 +59,8 @@ async def insert(
             await conn.execute("UPDATE inapp.inbox_sequences SET last_seq = last_seq - 1 WHERE user_id = $1", user_id)
     if row is not None:
         return dict(row), True
-    existing = await conn.fetchrow(f"SELECT {_COLUMNS} FROM inapp.notifications WHERE id = $1", id)
-    return dict(existing), False
+    existing = await conn.fetchrow(f"SELECT {_COLUMNS} FROM inapp.notifications WHERE id = $1 AND deleted_at IS NULL", id)
+    return (dict(existing) if existing else None), False
 
 
 async def page(

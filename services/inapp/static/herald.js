@@ -99,6 +99,17 @@ export class HeraldStream {
   }
 }
 
+// Only web links are followed or rendered as links (never javascript: or data: URLs).
+function safeUrl(url) {
+  if (!url) return null;
+  try {
+    const parsed = new URL(url, location.href);
+    return parsed.protocol === 'https:' || parsed.protocol === 'http:' ? parsed.href : null;
+  } catch (error) {
+    return null;
+  }
+}
+
 function relativeTime(iso) {
   const seconds = (new Date(iso).getTime() - Date.now()) / 1000;
   const format = new Intl.RelativeTimeFormat(document.documentElement.lang || undefined, { numeric: 'auto' });
@@ -171,7 +182,8 @@ class HeraldElement extends HTMLElement {
 
   open(item) {
     const proceed = this.dispatchEvent(new CustomEvent('herald-open', { detail: item, bubbles: true, composed: true, cancelable: true }));
-    if (proceed && item.url) location.assign(item.url);
+    const url = safeUrl(item.url);
+    if (proceed && url) location.assign(url);
   }
 
   applyChange(items, { op, ids }) {
@@ -453,8 +465,9 @@ export class HeraldInbox extends HeraldElement {
   render() {
     const focusedKey = this.shadowRoot.activeElement?.dataset?.key;
     const rows = this.items.map((item, index) => {
-      const title = item.url
-        ? el('a', { href: item.url, class: 'title', 'data-action': 'open', 'data-id': item.id }, item.title)
+      const url = safeUrl(item.url);
+      const title = url
+        ? el('a', { href: url, class: 'title', 'data-action': 'open', 'data-id': item.id }, item.title)
         : el('span', { class: 'title' }, item.title);
       return el('li', { class: item.read ? '' : 'unread', 'data-id': item.id, 'data-key': `row-${item.id}`, tabindex: index === 0 ? '0' : '-1' },
         el('div', {}, el('span', { class: 'sr' }, item.read ? '' : 'Unread: '), title),
