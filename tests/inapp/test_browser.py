@@ -162,17 +162,3 @@ async def test_the_inbox_page_filters_loads_more_deletes_and_clears(infra, brows
         await expect(inbox.locator("li.empty")).to_have_text("No notifications.", timeout=TIMEOUT_MS)
         assert await pool.fetchval("SELECT count(*) FROM inapp.notifications WHERE user_id = $1 AND deleted_at IS NULL", user) == 0
         await expect(page.locator("herald-bell .badge")).to_be_hidden(timeout=TIMEOUT_MS)
-
-
-async def test_the_demo_is_not_served_in_production(infra, namespace):
-    settings = settings_for(
-        Settings, infra, namespace, environment="production", jwt_secret="p" * 40, api_keys="svc=" + "k" * 32
-    )
-    from ..support import running
-
-    async with running(create_app(settings)) as client:
-        assert (await client.get("/demo")).status_code == 404
-        assert (await client.get("/demo/inbox")).status_code == 404
-        script = await client.get("/widget/herald.js")
-        assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
-        assert "customElements.define('herald-bell'" in script.text
