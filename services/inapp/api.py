@@ -290,7 +290,8 @@ async def _events(res: Resources, user_id: str, resume: int | None) -> AsyncIter
                         yield event
                     yield ServerSentEvent(event="change", data=json.dumps({"op": "resync", "ids": []}))
                     async with res.pool.acquire() as conn:
-                        yield _unread(await repo.unread_count(conn=conn, user_id=user_id))
+                        unread = await repo.unread_count(conn=conn, user_id=user_id)
+                    yield _unread(unread)
                     continue
                 if message is None or message.get("kind") == "resync":
                     continue
