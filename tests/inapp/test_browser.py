@@ -133,6 +133,9 @@ async def test_the_inbox_page_filters_loads_more_deletes_and_clears(infra, brows
         await inbox.locator("button.more").click()
         await expect(rows).to_have_count(23)
         await expect(inbox.locator("button.more")).to_be_hidden()
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.evaluate("window.scrollTo(0, 0)")
+        await page.screenshot(path=str(ARTIFACTS / "inapp-inbox.png"))
 
         await inbox.locator("select").select_option("messages")
         await expect(rows).to_have_count(1)
