@@ -107,14 +107,19 @@ async def test_the_bell_updates_live_marks_read_and_works_from_the_keyboard(infr
         await expect(panel).to_be_hidden()
 
 
-async def test_mark_all_read_from_the_bell(browser, server, seed, user):
+async def test_mark_all_read_from_the_bell_and_markup_in_a_title_stays_text(browser, server, seed, user):
     app, _ = server
-    for i in range(3):
+    hostile = '<img src=x onerror="window.pwned=1">'
+    for i in range(2):
         await seed(user, title=f"n{i}")
+    await seed(user, title=hostile)
     async with page_of(browser, f"{app.url}/demo?user={user}") as page:
         bell = page.locator("herald-bell")
         await expect(bell.locator(".badge")).to_have_text("3", timeout=TIMEOUT_MS)
         await bell.locator("button.bell").click()
+        await expect(bell.locator(".item .title").first).to_have_text(hostile)
+        assert await bell.locator(".item img").count() == 0
+        assert await page.evaluate("window.pwned") is None
         await bell.locator("[data-action=read-all]").click()
         await expect(bell.locator(".badge")).to_be_hidden(timeout=TIMEOUT_MS)
         await expect(bell.locator(".item.unread")).to_have_count(0)
