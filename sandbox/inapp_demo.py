@@ -27,6 +27,7 @@ router = APIRouter(prefix="/inapp", tags=["in-app demo"])
 
 #: kind → (label, event type, data field naming the recipient, data field the free text goes into)
 KINDS: dict[str, tuple[str, str, str, str | None]] = {
+    "welcome": ("Welcome (also registers the user)", "user.created", "user_id", "name"),
     "message": ("New message", "message.received", "recipient_id", "preview"),
     "system": ("System update", "system.update", "user_ids", "body"),
     "tip": ("Learning tip", "content.learning_tip", "user_id", "body"),

@@ -36,6 +36,10 @@ async def test_sandbox_trigger_reaches_the_users_stream_through_ingress_router_a
             async with httpx.AsyncClient(timeout=15) as client:
                 page = await client.get(f"{sandbox.url}/inapp", params={"user": user})
                 assert page.status_code == 200 and "Send an in-app notification" in page.text
+                welcome = await client.post(f"{sandbox.url}/inapp/send", json={"user": user, "kind": "welcome", "text": "Ada"})
+                assert welcome.status_code == 200, welcome.text
+                item = (await stream.next("notification", timeout=60)).json()
+                assert item["type"] == "user.created" and item["title"] == "Welcome, Ada!"
                 sent = await client.post(f"{sandbox.url}/inapp/send", json={"user": user, "kind": "message", "text": "See you at the lake"})
                 assert sent.status_code == 200, sent.text
                 refused = await client.post(f"{sandbox.url}/inapp/send", json={"user": user, "kind": "nonsense"})
