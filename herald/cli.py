@@ -162,7 +162,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for spec in SERVICES:
         url = stack.url(spec)
         print(f"  {spec.name:8} {url}/docs   metrics {url}/metrics")
-    print(f"  sandbox  {stack.url(SANDBOX)}/   (what would have been sent)")
+    print(f"  sandbox  {stack.url(SANDBOX)}/   (what would have been sent; {stack.url(SANDBOX)}/inapp triggers notifications)")
+    inapp = next(spec for spec in SERVICES if spec.name == "inapp")
+    print(f"  demo     {stack.url(inapp)}/demo   (the bell widget for a sample user)")
     if prometheus:
         print(f"  prometheus http://127.0.0.1:{prometheus_port}/   (scrapes every service, Herald's alert rules loaded)")
     print(f"  logs     {RUN_DIR / 'logs'}\n")
