@@ -71,6 +71,7 @@ def build_webhooks(settings: Settings) -> APIRouter:
             "so Stripe's retries are duplicates. Other types are answered 200 and ignored."
         ),
         responses=ERRORS,
+        response_model_exclude_none=True,
         openapi_extra=_json_body("Stripe-Signature", "t=<timestamp>,v1=<signature>"),
     )
     async def stripe_webhook(request: Request, res: AppResources) -> WebhookReceipt:
@@ -103,6 +104,7 @@ def build_webhooks(settings: Settings) -> APIRouter:
             "(`HERALD_WEBHOOK_MAPPING_PATH`). `webhook-id` is the event id, so redeliveries are duplicates."
         ),
         responses=ERRORS,
+        response_model_exclude_none=True,
         openapi_extra=_json_body("webhook-signature", "v1,<base64 signature> (with webhook-id and webhook-timestamp)"),
     )
     async def standard_webhook(partner: str, request: Request, res: AppResources) -> WebhookReceipt:
