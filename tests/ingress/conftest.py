@@ -44,3 +44,9 @@ async def ingress(infra, namespace):
     await make_topics(settings)
     async with running(create_app(settings)) as http:
         yield Ingress(http, settings)
+
+
+@pytest.fixture
+def infra_env(infra):
+    """The session's PostgreSQL and Redis (the broker is the test's own)."""
+    return infra
