@@ -22,6 +22,7 @@ from ._db import create_pool
 from ._kafka import make_broker
 from ._logging import configure_logging
 from ._metrics import Metrics
+from ._openapi import document_auth
 from ._settings import HeraldSettings
 
 log = logging.getLogger(__name__)
@@ -133,4 +134,5 @@ def create_service(
     if api is not None:
         app.include_router(api)
     app.mount("/metrics", make_asgi_app(registry))
+    document_auth(app)
     return app

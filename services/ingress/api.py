@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from shared import AppResources, CloudEvent
+from shared.events import BookingCreated
 
 from . import intake, logic
 from .auth import CurrentProducer, Producer
@@ -73,6 +74,18 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+EXAMPLE = {
+    "specversion": "1.0",
+    "id": "evt-1",
+    "source": "https://bookings.example/api",
+    "type": "booking.created",
+    "subject": "b_42",
+    "time": "2026-11-25T10:00:00Z",
+    "datacontenttype": "application/json",
+    "data": BookingCreated.model_json_schema()["examples"][0],
+}
+
+
 def _openapi(settings: Settings) -> dict[str, Any]:
     event = CloudEvent.model_json_schema()
     batch = {"type": "array", "items": event, "minItems": 1, "maxItems": settings.max_batch}
@@ -96,9 +109,9 @@ def _openapi(settings: Settings) -> dict[str, Any]:
                 f"`{logic.JSON}` takes one event or an array. Binary mode: `ce-*` headers and the data as a JSON body."
             ),
             "content": {
-                logic.STRUCTURED: {"schema": event},
-                logic.BATCH: {"schema": batch},
-                logic.JSON: {"schema": {"anyOf": [event, batch]}},
+                logic.STRUCTURED: {"schema": event, "example": EXAMPLE},
+                logic.BATCH: {"schema": batch, "example": [EXAMPLE, {**EXAMPLE, "id": "evt-2"}]},
+                logic.JSON: {"schema": {"anyOf": [event, batch]}, "example": EXAMPLE},
             },
         },
     }

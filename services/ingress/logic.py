@@ -216,24 +216,45 @@ class Ignored:
     reason: str
 
 
+def _moment(timestamp: Any) -> dt.datetime | None:
+    if not isinstance(timestamp, int) or isinstance(timestamp, bool):
+        return None
+    try:
+        return dt.datetime.fromtimestamp(timestamp, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 def _iso_date(timestamp: Any) -> str | None:
-    if isinstance(timestamp, int):
-        return dt.datetime.fromtimestamp(timestamp, dt.UTC).date().isoformat()
-    return None
+    moment = _moment(timestamp)
+    return moment.date().isoformat() if moment else None
 
 
 def _event_time(timestamp: Any) -> str | None:
-    if isinstance(timestamp, int):
-        return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat()
-    return None
+    moment = _moment(timestamp)
+    return moment.isoformat() if moment else None
+
+
+def _field(obj: Any, *path: str) -> Any:
+    """``obj[a][b]…``, or None where a step is missing or not an object."""
+    for name in path:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(name)
+    return obj
+
+
+def _dict(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def stripe_user(obj: Mapping[str, Any], key: str) -> str | None:
     """The user id in the object's ``metadata[key]`` (for invoices also the subscription's metadata)."""
-    candidates = [obj.get("metadata") or {}]
-    parent = obj.get("parent") or {}
-    candidates.append(((parent.get("subscription_details") or {}).get("metadata")) or {})
-    candidates.append(((obj.get("subscription_details") or {}).get("metadata")) or {})
+    candidates = [
+        _dict(obj.get("metadata")),
+        _dict(_field(obj, "parent", "subscription_details", "metadata")),
+        _dict(_field(obj, "subscription_details", "metadata")),
+    ]
     for metadata in candidates:
         value = metadata.get(key)
         if isinstance(value, str) and value.strip():
@@ -243,10 +264,11 @@ def stripe_user(obj: Mapping[str, Any], key: str) -> str | None:
 
 def from_stripe(event: Mapping[str, Any], *, source: str, user_key: str) -> CloudEvent | Ignored:
     """The domain event a verified Stripe event stands for, or why it is ignored."""
-    herald_type = STRIPE_TYPES.get(event.get("type", ""))
+    stripe_type = event.get("type")
+    herald_type = STRIPE_TYPES.get(stripe_type) if isinstance(stripe_type, str) else None
     if herald_type is None:
-        return Ignored(f"Stripe event type {event.get('type')!r} is not one Herald acts on")
-    obj = (event.get("data") or {}).get("object") or {}
+        return Ignored(f"Stripe event type {stripe_type!r} is not one Herald acts on")
+    obj = _dict(_field(event, "data", "object"))
     user_id = stripe_user(obj, user_key)
     if user_id is None:
         return Ignored(f"the {obj.get('object', 'object')} has no metadata[{user_key!r}] naming the user")
@@ -260,13 +282,13 @@ def from_stripe(event: Mapping[str, Any], *, source: str, user_key: str) -> Clou
             "arrival_date": _iso_date(obj.get("arrival_date")),
         }
     elif event["type"] == "payment_intent.payment_failed":
-        error = obj.get("last_payment_error") or {}
+        error = _dict(obj.get("last_payment_error"))
         data = {
             "user_id": user_id,
             "amount": obj.get("amount"),
             "currency": currency,
             "reason": error.get("message") or error.get("decline_code") or error.get("code"),
-            "booking_id": (obj.get("metadata") or {}).get("booking_id"),
+            "booking_id": _dict(obj.get("metadata")).get("booking_id"),
         }
     else:
         data = {
@@ -274,17 +296,20 @@ def from_stripe(event: Mapping[str, Any], *, source: str, user_key: str) -> Clou
             "amount": obj.get("amount_due"),
             "currency": currency,
             "reason": "Invoice payment failed",
-            "booking_id": (obj.get("metadata") or {}).get("booking_id"),
+            "booking_id": _dict(obj.get("metadata")).get("booking_id"),
         }
-    return CloudEvent(
-        specversion="1.0",
-        id=str(event["id"]),
-        source=source,
-        type=herald_type,
-        time=_event_time(event.get("created")),
-        subject=user_id,
-        data={k: v for k, v in data.items() if v is not None},
-        stripeeventtype=event["type"],
+    return check_event(
+        {
+            "specversion": "1.0",
+            "id": str(event.get("id")),
+            "source": source,
+            "type": herald_type,
+            "time": _event_time(event.get("created")),
+            "subject": user_id,
+            "data": {k: v for k, v in data.items() if v is not None},
+            "stripeeventtype": stripe_type,
+        },
+        areas=known_areas(),
     )
 
 
