@@ -1,0 +1,27 @@
+"""Routes that authenticate document their 401 answer in the service's OpenAPI."""
+
+from fastapi import APIRouter
+
+from shared import HeraldSettings, ServiceName, UserId, create_service
+
+
+def test_routes_depending_on_user_or_service_document_401():
+    api = APIRouter(prefix="/v1")
+
+    @api.get("/mine")
+    async def mine(user: UserId) -> dict:
+        return {}
+
+    @api.post("/internal")
+    async def internal(service: ServiceName) -> dict:
+        return {}
+
+    @api.get("/open")
+    async def open_route() -> dict:
+        return {}
+
+    document = create_service(HeraldSettings(), title="t", api=api).openapi()
+    assert "401" in document["paths"]["/v1/mine"]["get"]["responses"]
+    assert "401" in document["paths"]["/v1/internal"]["post"]["responses"]
+    assert "401" not in document["paths"]["/v1/open"]["get"]["responses"]
+    assert "401" not in document["paths"]["/healthz"]["get"]["responses"]
