@@ -2,6 +2,7 @@
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from prometheus_client import Counter
 
 from shared import create_service
 
@@ -24,6 +25,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Herald ingress",
         description="The HTTP door for domain events and provider webhooks.",
         api=build_api(settings),
+    )
+    resources = app.state.resources
+    resources.extra["taken"] = Counter(
+        "herald_ingress_events_total",
+        "Events offered to ingress over HTTP, by producer and outcome (accepted, duplicate, unavailable)",
+        ["producer", "outcome"],
+        registry=resources.metrics.registry,
     )
     app.include_router(build_webhooks(settings))
     app.add_exception_handler(Refusal, _refused)

@@ -56,10 +56,19 @@ async def take(res: Resources, events: Sequence[CloudEvent], *, producer: str) -
         if fresh:
             await _release(res, [k for _, k in fresh])
         if isinstance(exc, Exception):
+            _count(res, producer, "unavailable", len(events))
             log.error("Kafka did not acknowledge %d event(s): %r", len(fresh), exc)
             raise _unavailable(res, "the event log") from None
         raise
+    _count(res, producer, Outcome.accepted, len(fresh))
+    _count(res, producer, Outcome.duplicate, len(events) - len(fresh))
     return [Outcome.accepted if ok else Outcome.duplicate for ok in claimed]
+
+
+def _count(res: Resources, producer: str, outcome: str, n: int) -> None:
+    counter = res.extra.get("taken")
+    if counter is not None and n:
+        counter.labels(producer=producer, outcome=str(outcome)).inc(n)
 
 
 async def _release(res: Resources, keys: list[str]) -> None:

@@ -138,6 +138,9 @@ async def test_the_same_source_and_id_is_accepted_again_but_published_once(ingre
     assert other_source.json()["status"] == "accepted"
     assert in_batch.status_code == 202 and [i["status"] for i in in_batch.json()["items"]] == ["duplicate", "accepted", "duplicate"]
     assert await written(ingress.settings.kafka_bootstrap, ingress.settings.domain_topic("booking.created"), 3) == 3
+    metrics = (await ingress.http.get("/metrics/")).text
+    assert 'herald_ingress_events_total{outcome="accepted",producer="dev"} 3.0' in metrics
+    assert 'herald_ingress_events_total{outcome="duplicate",producer="dev"} 3.0' in metrics
 
 
 async def test_bodies_over_the_limit_are_refused_with_413(ingress):
