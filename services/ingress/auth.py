@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Annotated
 
+import asyncpg
 from fastapi import Depends, HTTPException, Request, status
 from redis.exceptions import RedisError
 
@@ -49,6 +50,14 @@ def _unauthorized(message: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=message, headers={"WWW-Authenticate": "ApiKey"})
 
 
+def _unavailable(res: AppResources, what: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        detail=f"{what} is unavailable; retry later",
+        headers={"Retry-After": str(res.settings.retry_after_seconds)},  # type: ignore[attr-defined]
+    )
+
+
 def _service_key(settings, key: str) -> str | None:
     found = None
     for name, expected in settings.api_key_table().items():
@@ -65,7 +74,11 @@ async def identify(res: AppResources, key: str) -> Producer | None:
         return Producer(service, f"service:{service}", ("*",), settings.service_key_rate_per_minute)  # type: ignore[attr-defined]
     if not key.startswith(logic.KEY_PREFIX):
         return None
-    row = await repo.active_key(conn=res.pool, key_hash=logic.hash_key(key))
+    try:
+        row = await repo.active_key(conn=res.pool, key_hash=logic.hash_key(key))
+    except (asyncpg.PostgresError, OSError) as exc:
+        log.error("key store unavailable: %s", exc)
+        raise _unavailable(res, "the key store") from None
     if row is None:
         return None
     return Producer(row["producer"], str(row["id"]), tuple(row["event_types"]), row["rate_per_minute"])
@@ -93,7 +106,7 @@ async def current_producer(request: Request, res: AppResources) -> Producer:
         wait_ms = await within_rate(res, producer)
     except RedisError as exc:
         log.error("rate limiter unavailable: %s", exc)
-        raise HTTPException(503, detail="the rate limiter is unavailable; retry later", headers={"Retry-After": str(res.settings.retry_after_seconds)}) from None  # type: ignore[attr-defined]
+        raise _unavailable(res, "the rate limiter") from None
     if wait_ms:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,

@@ -217,3 +217,21 @@ async def test_each_key_has_its_own_rate_limit_with_retry_after(ingress, db):
     assert (await ingress.http.post("/v1/events", json=booking(), headers=other)).status_code == 202
     service = [(await ingress.http.post("/v1/events", json=booking(), headers=ingress.service_key())).status_code for _ in range(5)]
     assert service == [202] * 5
+
+
+async def test_without_redis_events_are_refused_with_503_and_nothing_is_published(infra, namespace, db):
+    from herald.infra import free_port
+    from services.ingress.app import create_app
+
+    from ..support import make_topics, running
+    from .conftest import Ingress, ingress_settings
+
+    settings = ingress_settings(infra, namespace, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    await make_topics(settings)
+    async with running(create_app(settings)) as http:
+        ingress = Ingress(http, settings)
+        for headers in (ingress.service_key(), await ingress.new_key(db, "*")):
+            response = await http.post("/v1/events", json=booking(), headers=headers)
+            assert response.status_code == 503, response.text
+            assert int(response.headers["Retry-After"]) >= 1
+    assert await written(settings.kafka_bootstrap, settings.domain_topic("booking.created"), 0) == 0
