@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import importlib
 import json
+import os
 
 import pytest
 import schemathesis
@@ -27,7 +28,9 @@ CHECKS = [
     schemathesis.checks.response_schema_conformance,
     schemathesis.checks.response_headers_conformance,
 ]
-EXAMPLES = 40
+# More, and fresh random, examples per operation with HERALD_OPENAPI_EXAMPLES=500; the default run is repeatable.
+EXAMPLES = int(os.environ.get("HERALD_OPENAPI_EXAMPLES", "50"))
+DERANDOMIZE = "HERALD_OPENAPI_EXAMPLES" not in os.environ
 STRIPE_SECRET = "whsec_openapi"
 PARTNER_SECRET = "whsec_" + base64.b64encode(b"openapi partner secret").decode()
 OVERRIDES = {"ingress": {"stripe_webhook_secret": STRIPE_SECRET, "webhook_secrets": f"scheduler={PARTNER_SECRET}"}}
@@ -58,6 +61,7 @@ def credentials(spec: ServiceSpec, service_settings, case) -> tuple[dict[str, st
     return {**headers, "Content-Type": "application/json"}, {"data": body.encode()}
 
 
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
 @pytest.mark.parametrize("spec", SERVICES, ids=[s.name for s in SERVICES])
 def test_the_openapi_document_holds_for_generated_requests(spec, infra):
     app, service_settings = _app(spec, infra)
@@ -76,7 +80,7 @@ def test_the_openapi_document_holds_for_generated_requests(spec, infra):
 
             @given(case=cases, authenticated=st.sampled_from([True, True, True, False]))
             @settings(
-                max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+                max_examples=EXAMPLES, deadline=None, database=None, derandomize=DERANDOMIZE,
                 phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
             )
             def holds(case, authenticated: bool) -> None:
