@@ -35,7 +35,7 @@ class Receipt(BaseModel):
 
 
 class ItemResult(BaseModel):
-    """What became of one event of a batch; ``code`` is the HTTP status it would have had on its own."""
+    """What became of one event of a batch; ``code`` is the HTTP status it would have had on its own (202, 403, 409, 422)."""
 
     index: int = Field(ge=0)
     status: Literal["accepted", "duplicate", "refused"]
@@ -69,6 +69,7 @@ def _retry_after(description: str) -> dict[str, Any]:
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     400: problem("The body is not JSON, or the JSON is not what the mode expects"),
     401: problem("No, an unknown, a revoked or an expired API key"),
+    409: _retry_after("The same source + id is being published by another request right now; retry shortly"),
     413: problem("The body is larger than the limit, or the batch has too many events"),
     503: _retry_after("Kafka (or the dedupe store) did not take the events; nothing was accepted"),
 }
@@ -130,6 +131,10 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def in_flight(event: CloudEvent) -> logic.Refusal:
+    return logic.Refusal(409, f"event {event.id!r} from {event.source!r} is being published right now; retry shortly", retry_after=1)
+
+
 def _check(raw: Any, producer: Producer, areas: frozenset[str]) -> CloudEvent:
     event = logic.check_event(raw, areas=areas)
     if not producer.may_publish(event.type):
@@ -172,6 +177,8 @@ def build_api(settings: Settings) -> APIRouter:
         if not is_batch:
             event = _check(raws[0], producer, areas)
             [outcome] = await intake.take(res, [event], producer=producer.name)
+            if outcome is intake.Outcome.in_flight:
+                raise in_flight(event)
             receipt = Receipt(id=event.id, source=event.source, type=event.type, status=outcome.value)
             return JSONResponse(receipt.model_dump(), status_code=202)
         return await _batch(res, raws, producer, areas)
@@ -190,7 +197,10 @@ async def _batch(res: Any, raws: list[Any], producer: Producer, areas: frozenset
             items.append(ItemResult(index=index, status="refused", code=refusal.status, detail=refusal.detail, **_ids(raw)))
     outcomes = await intake.take(res, [e for _, e in valid], producer=producer.name) if valid else []
     for (index, event), outcome in zip(valid, outcomes, strict=True):
-        items[index] = ItemResult(index=index, status=outcome.value, code=202, id=event.id, source=event.source)
+        if outcome is intake.Outcome.in_flight:
+            items[index] = ItemResult(index=index, status="refused", code=409, id=event.id, source=event.source, detail=in_flight(event).detail)
+        else:
+            items[index] = ItemResult(index=index, status=outcome.value, code=202, id=event.id, source=event.source)
     results = [item for item in items if item is not None]
     count = {s: sum(1 for item in results if item.status == s) for s in ("accepted", "duplicate", "refused")}
     receipt = BatchReceipt(items=results, **count)

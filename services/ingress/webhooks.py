@@ -16,7 +16,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from shared import AppResources, CloudEvent
 
 from . import intake, logic
-from .api import COMMON_ERRORS, Problem, problem, read_body
+from .api import COMMON_ERRORS, Problem, in_flight, problem, read_body
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ def _json_body(headers: dict[str, str], schema: dict[str, Any], example: dict[st
 ERRORS = {
     400: problem("The signature is missing, forged or too old, or the body is not JSON"),
     404: problem("This webhook is not configured"),
+    409: COMMON_ERRORS[409],
     413: COMMON_ERRORS[413],
     422: problem("The verified event does not fit Herald's model of its type"),
     503: COMMON_ERRORS[503],
@@ -84,6 +85,8 @@ async def _publish(res: AppResources, event: CloudEvent | logic.Ignored, *, prod
         log.info("%s webhook ignored: %s", producer, event.reason)
         return WebhookReceipt(status="ignored", detail=event.reason)
     [outcome] = await intake.take(res, [event], producer=producer)
+    if outcome is intake.Outcome.in_flight:
+        raise in_flight(event)
     return WebhookReceipt(status=outcome.value, id=event.id, type=event.type)
 
 

@@ -235,3 +235,30 @@ async def test_without_redis_events_are_refused_with_503_and_nothing_is_publishe
             assert response.status_code == 503, response.text
             assert int(response.headers["Retry-After"]) >= 1
     assert await written(settings.kafka_bootstrap, settings.domain_topic("booking.created"), 0) == 0
+
+
+async def test_an_event_being_published_elsewhere_is_answered_409_until_it_is_done(ingress, redis_client):
+    from services.ingress import logic
+    from shared import CloudEvent
+
+    event = booking("evt-in-flight")
+    key = logic.dedupe_key(ingress.settings.kafka_topic_namespace, CloudEvent.model_validate(event))
+    await redis_client.set(key, "pending", ex=30)
+    busy = await ingress.http.post("/v1/events", json=event, headers=ingress.service_key())
+    assert busy.status_code == 409 and busy.headers["Retry-After"] == "1"
+    batch = await ingress.http.post("/v1/events", json=[event, booking()], headers=ingress.service_key())
+    assert batch.status_code == 207 and [(i["status"], i["code"]) for i in batch.json()["items"]] == [("refused", 409), ("accepted", 202)]
+    await redis_client.delete(key)
+    assert (await ingress.http.post("/v1/events", json=event, headers=ingress.service_key())).json()["status"] == "accepted"
+    assert await redis_client.get(key) == b"done"
+    assert await redis_client.ttl(key) > ingress.settings.dedupe_ttl_seconds - 60
+
+
+async def test_concurrent_copies_of_one_event_are_published_once(ingress):
+    import asyncio
+
+    event = booking("evt-race")
+    answers = await asyncio.gather(*(ingress.http.post("/v1/events", json=event, headers=ingress.service_key()) for _ in range(8)))
+    outcomes = sorted(a.json()["status"] if a.status_code == 202 else str(a.status_code) for a in answers)
+    assert outcomes.count("accepted") == 1 and set(outcomes) <= {"accepted", "duplicate", "409"}, outcomes
+    assert await written(ingress.settings.kafka_bootstrap, ingress.settings.domain_topic("booking.created"), 1) == 1

@@ -148,3 +148,13 @@ def test_partner_payloads_map_through_the_table():
         logic.from_partner([1], mapping, webhook_id="m", timestamp=0)
     with pytest.raises(ValueError):
         logic.mappings_from({"partners": {"empty": {"types": {}}}})
+
+
+def test_claims_decide_accepted_duplicate_or_in_flight():
+    from services.ingress.intake import Outcome, outcomes_of
+
+    holders = [b"claimed", b"done", b"pending", b"pending", b"claimed", b"pending"]
+    keys = ["a", "b", "c", "a", "d", "d"]
+    assert outcomes_of(holders, keys) == [
+        Outcome.accepted, Outcome.duplicate, Outcome.in_flight, Outcome.duplicate, Outcome.accepted, Outcome.duplicate,
+    ]
