@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import asyncpg
 import httpx
@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from faststream import Context
 from faststream.kafka import KafkaBroker, KafkaRouter
 from prometheus_client import CollectorRegistry, make_asgi_app
+from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from ._db import create_pool
@@ -39,6 +40,13 @@ class Resources:
     redis: Redis = field(default=None)  # type: ignore[assignment]
     http: httpx.AsyncClient = field(default=None)  # type: ignore[assignment]
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Readiness(BaseModel):
+    """Each dependency's check: ``ok`` or why it failed."""
+
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str]
 
 
 def _resources(request: Request) -> Resources:
@@ -116,7 +124,11 @@ def create_service(
         "/readyz",
         tags=["operations"],
         summary="Kafka, PostgreSQL and Redis are reachable",
-        responses={503: {"description": "A dependency is unreachable"}},
+        response_model=None,
+        responses={
+            200: {"description": "Every dependency answers", "model": Readiness},
+            503: {"description": "A dependency is unreachable", "model": Readiness},
+        },
     )
     async def readyz() -> JSONResponse:
         async def pg() -> bool:

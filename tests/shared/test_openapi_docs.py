@@ -1,4 +1,4 @@
-"""Routes that authenticate document their 401 answer in the service's OpenAPI."""
+"""Service OpenAPI documents are complete: authenticated routes document 401, readiness documents its 503 body."""
 
 from fastapi import APIRouter
 
@@ -25,3 +25,11 @@ def test_routes_depending_on_user_or_service_document_401():
     assert "401" in document["paths"]["/v1/internal"]["post"]["responses"]
     assert "401" not in document["paths"]["/v1/open"]["get"]["responses"]
     assert "401" not in document["paths"]["/healthz"]["get"]["responses"]
+
+
+def test_readiness_documents_both_answers_with_their_body():
+    document = create_service(HeraldSettings(), title="t").openapi()
+    responses = document["paths"]["/readyz"]["get"]["responses"]
+    for status in ("200", "503"):
+        assert responses[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Readiness"}
+    assert set(document["components"]["schemas"]["Readiness"]["properties"]) == {"status", "checks"}
