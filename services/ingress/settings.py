@@ -19,7 +19,7 @@ class Settings(HeraldSettings):
     publish_timeout_seconds: float = Field(default=10.0, gt=0, description="Backstop on waiting for Kafka; longer than the request timeout")
     retry_after_seconds: int = Field(default=5, ge=1, description="Retry-After sent with a 503")
     dedupe_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, description="How long a source+id is remembered as seen")
-    extra_areas: CommaList = Field(default_factory=list, description="Areas (domain.<area> topics) accepted besides the known event types'")
+    extra_areas: CommaList = Field(default=[], description="Areas (domain.<area> topics) accepted besides the known event types'")
 
     key_rate_per_minute: int = Field(default=600, ge=1, description="Default request rate of a new producer key")
     service_key_rate_per_minute: int = Field(default=0, ge=0, description="Rate of HERALD_API_KEYS keys; 0 means unlimited")
