@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from ._db import create_pool
 from ._kafka import make_broker
+from ._lag import consumer_lag
 from ._logging import configure_logging
 from ._metrics import Metrics
 from ._openapi import document_auth
@@ -109,6 +110,9 @@ def create_service(
             for hook in hooks:
                 await stack.enter_async_context(hook(resources))
             await broker.start()
+            await stack.enter_async_context(
+                consumer_lag(settings.kafka_bootstrap, broker, resources.metrics, interval=settings.consumer_lag_interval_seconds)
+            )
             log.info("%s ready on %s:%s", settings.service_name, settings.host, settings.port)
             yield
 
