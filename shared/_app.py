@@ -24,7 +24,7 @@ from ._kafka import make_broker
 from ._lag import consumer_lag
 from ._logging import configure_logging
 from ._metrics import Metrics
-from ._openapi import document_auth
+from ._openapi import complete_openapi
 from ._settings import HeraldSettings
 
 log = logging.getLogger(__name__)
@@ -150,5 +150,5 @@ def create_service(
     if api is not None:
         app.include_router(api)
     app.mount("/metrics", make_asgi_app(registry))
-    document_auth(app)
+    complete_openapi(app)
     return app

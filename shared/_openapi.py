@@ -1,4 +1,8 @@
-"""OpenAPI completeness: routes that authenticate document their 401 answer."""
+"""OpenAPI completeness: answers FastAPI and the shared dependencies give that routes do not declare themselves.
+
+- 401 on every route that depends on ``UserId`` or ``ServiceName``;
+- 400 on every route whose JSON body FastAPI parses (it answers 400 to a body that is not JSON).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,14 @@ UNAUTHORIZED: dict[str, Any] = {
         }
     },
 }
+BAD_BODY: dict[str, Any] = {
+    "description": "The body is not valid JSON",
+    "content": {
+        "application/json": {
+            "schema": {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"], "title": "BadRequest"}
+        }
+    },
+}
 _AUTH = (current_user, current_service)
 
 
@@ -35,19 +47,25 @@ def _api_routes(app: FastAPI) -> list[APIRoute]:
     return [route for context in iter_route_contexts(app.routes) if (route := _get_api_route_for_openapi(context)) is not None]
 
 
-def document_auth(app: FastAPI) -> None:
-    """Add the 401 answer to every operation whose route depends on ``UserId`` or ``ServiceName``."""
+def complete_openapi(app: FastAPI) -> None:
+    """Document, when the document is built, the 401 and 400 answers routes give without declaring them."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         document = build()
         for route in _api_routes(app):
-            if not route.include_in_schema or not _authenticates(route.dependant):
+            if not route.include_in_schema:
                 continue
+            extra = {}
+            if _authenticates(route.dependant):
+                extra["401"] = UNAUTHORIZED
+            if route.body_field is not None:
+                extra["400"] = BAD_BODY
             for method in route.methods:
                 operation = document.get("paths", {}).get(route.path_format, {}).get(method.lower())
-                if operation is not None:
-                    operation.setdefault("responses", {}).setdefault("401", UNAUTHORIZED)
+                for status, response in extra.items():
+                    if operation is not None:
+                        operation.setdefault("responses", {}).setdefault(status, response)
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]

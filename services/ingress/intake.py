@@ -79,7 +79,7 @@ async def take(res: Resources, events: Sequence[CloudEvent], *, producer: str) -
     """Publish the events not seen before and wait for Kafka's acknowledgement; raises ``Refusal(503)`` having claimed nothing."""
     settings = res.settings
     keys = [logic.dedupe_key(settings.kafka_topic_namespace, e) for e in events]
-    pending_for = math.ceil(settings.publish_timeout_seconds) + 5  # type: ignore[attr-defined]
+    pending_for = math.ceil(settings.publish_wait_seconds) + 5  # type: ignore[attr-defined]
     try:
         holders = await res.redis.register_script(_CLAIM)(keys=keys, args=[pending_for])
     except RedisError as exc:
@@ -88,7 +88,7 @@ async def take(res: Resources, events: Sequence[CloudEvent], *, producer: str) -
     outcomes = outcomes_of(holders, keys)
     fresh = [(e, k) for e, k, o in zip(events, keys, outcomes, strict=True) if o is Outcome.accepted]
     try:
-        async with asyncio.timeout(settings.publish_timeout_seconds):  # type: ignore[attr-defined]
+        async with asyncio.timeout(settings.publish_wait_seconds):  # type: ignore[attr-defined]
             await publish_many(res.broker, [_outgoing(res, e, producer) for e, _ in fresh])
     except BaseException as exc:  # timeout, Kafka errors and cancellation alike: give the claims back
         await _settle(res, [k for _, k in fresh], done=False)

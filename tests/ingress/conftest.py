@@ -33,7 +33,7 @@ class Ingress:
 
 
 def ingress_settings(infra, namespace, **overrides) -> Settings:
-    values = dict(stripe_webhook_secret=STRIPE_SECRET, webhook_secrets=f"scheduler={PARTNER_SECRET}", publish_timeout_seconds=8)
+    values = dict(stripe_webhook_secret=STRIPE_SECRET, webhook_secrets=f"scheduler={PARTNER_SECRET}")
     values.update(overrides)
     return settings_for(Settings, infra, namespace, **values)
 

@@ -20,7 +20,7 @@ async def test_kafka_down_answers_503_claims_nothing_and_the_retry_is_written_on
     relay_port = infra.free_port()
     broker = start_broker(infra.free_port(), relay_port, ARTIFACTS / "tansu-outage.log")
     async with Relay(relay_port, target=int(broker.args[3].rsplit(":", 1)[1])) as relay:
-        settings = ingress_settings(infra_env, namespace, kafka_bootstrap=f"127.0.0.1:{relay_port}", kafka_request_timeout_ms=2000, publish_timeout_seconds=6)
+        settings = ingress_settings(infra_env, namespace, kafka_bootstrap=f"127.0.0.1:{relay_port}", kafka_request_timeout_ms=2000)
         await make_topics(settings)
         topic = settings.domain_topic("booking.created")
         try:
