@@ -93,7 +93,7 @@ async def _publish(res: AppResources, event: CloudEvent | logic.Ignored, *, prod
 def build_webhooks(settings: Settings) -> APIRouter:
     hooks = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
     partners = logic.mappings_from(yaml.safe_load(settings.webhook_mapping_path.read_text()) or {})
-    secrets = settings.webhook_secret_table()
+    verifiers = {partner: Webhook(secret) for partner, secret in settings.webhook_secret_table().items()}  # a bad secret fails at start-up
 
     @hooks.post(
         "/stripe",
@@ -144,12 +144,12 @@ def build_webhooks(settings: Settings) -> APIRouter:
         ),
     )
     async def standard_webhook(partner: str, request: Request, res: AppResources) -> WebhookReceipt:
-        mapping, secret = partners.get(partner), secrets.get(partner)
-        if mapping is None or secret is None:
+        mapping, verifier = partners.get(partner), verifiers.get(partner)
+        if mapping is None or verifier is None:
             raise logic.Refusal(404, f"no Standard Webhooks partner {partner!r} is configured")
         body = await read_body(request, settings.max_body_bytes)
         try:
-            Webhook(secret).verify(body, dict(request.headers), json_parse=False)
+            verifier.verify(body, dict(request.headers), json_parse=False)
         except (WebhookVerificationError, ValueError) as exc:
             raise logic.Refusal(400, f"webhook signature refused: {exc}") from None
         payload = logic.parse_json(body)
