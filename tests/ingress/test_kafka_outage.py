@@ -17,9 +17,9 @@ from .test_events import booking
 
 
 async def test_kafka_down_answers_503_claims_nothing_and_the_retry_is_written_once(infra_env, namespace, redis_client):
-    relay_port = infra.free_port()
-    broker = start_broker(infra.free_port(), relay_port, ARTIFACTS / "tansu-outage.log")
-    async with Relay(relay_port, target=int(broker.args[3].rsplit(":", 1)[1])) as relay:
+    relay_port, broker_port = infra.free_port(), infra.free_port()
+    broker = start_broker(broker_port, relay_port, ARTIFACTS / "tansu-outage.log")
+    async with Relay(relay_port, target=broker_port) as relay:
         settings = ingress_settings(infra_env, namespace, kafka_bootstrap=f"127.0.0.1:{relay_port}", kafka_request_timeout_ms=2000)
         await make_topics(settings)
         topic = settings.domain_topic("booking.created")
@@ -40,8 +40,9 @@ async def test_kafka_down_answers_503_claims_nothing_and_the_retry_is_written_on
                     key = logic.dedupe_key(settings.kafka_topic_namespace, CloudEvent.model_validate(booking(event_id)))
                     assert await redis_client.exists(key) == 0, f"{event_id} was left claimed"
 
-                broker = start_broker(infra.free_port(), relay_port, ARTIFACTS / "tansu-outage.log")
-                relay.target = int(broker.args[3].rsplit(":", 1)[1])
+                new_port = infra.free_port()
+                broker = start_broker(new_port, relay_port, ARTIFACTS / "tansu-outage.log")
+                relay.target = new_port
                 await make_topics(settings)
 
                 async def retried():
