@@ -114,12 +114,13 @@ def env_variables() -> dict[str, tuple[str, str]]:
 def env_example() -> str:
     """The text of ``.env.example``: every variable with its default."""
     lines = [
-        "# Every setting Herald reads, with its default. Copy to .env or export what you change.",
+        "# Every setting Herald reads, with its default (commented out: a service's own default may differ,",
+        "# e.g. ingress waits less for Kafka). Uncomment and export what you change.",
         "# Lists are comma-separated. `make run` honours anything already set in the environment.",
         "# Secrets below are development placeholders: production (HERALD_ENVIRONMENT=production) refuses them.",
         "",
     ]
     for variable, (default, services) in sorted(env_variables().items()):
         lines.append(f"# read by: {services}")
-        lines.append(f"{variable}={default}")
+        lines.append(f"#{variable}={default}")
     return "\n".join(lines) + "\n"
