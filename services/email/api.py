@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import logging
 from typing import Annotated
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 from fastapi import APIRouter, HTTPException, Query, status
@@ -24,6 +24,13 @@ api = APIRouter(prefix="/v1", tags=["unsubscribe"])
 Token = Annotated[str, Query(min_length=1, max_length=4096, description="The signed token from the email's List-Unsubscribe link")]
 
 
+class Problem(BaseModel):
+    detail: str
+
+
+_BAD_TOKEN = {400: {"model": Problem, "description": "The token is forged, expired or malformed"}}
+
+
 class Unsubscribed(BaseModel):
     status: str = "unsubscribed"
     category: Category
@@ -40,7 +47,7 @@ def _verified(settings: Settings, token: str) -> tuple[str, Category]:
 @api.post(
     "/unsubscribe",
     summary="One-click unsubscribe (RFC 8058): switch the token's category off for email",
-    responses={400: {"description": "The token is forged, expired or malformed"}, 502: {"description": "The router did not accept the change"}},
+    responses={**_BAD_TOKEN, 502: {"model": Problem, "description": "The router is unreachable or did not accept the change"}},
 )
 async def unsubscribe(token: Token, res: AppResources) -> Unsubscribed:
     settings: Settings = res.settings  # type: ignore[assignment]
@@ -61,16 +68,31 @@ async def unsubscribe(token: Token, res: AppResources) -> Unsubscribed:
     return Unsubscribed(category=category)
 
 
-@api.get("/unsubscribe", response_class=HTMLResponse, summary="A page confirming the unsubscribe with one button (GET changes nothing)")
-async def unsubscribe_page(token: Token, res: AppResources) -> str:
+@api.get(
+    "/unsubscribe",
+    response_class=HTMLResponse,
+    summary="A page confirming the unsubscribe with one button (GET changes nothing)",
+    responses={400: {"description": "The token is forged, expired or malformed (an HTML page saying so)", "content": {"text/html": {}}}},
+)
+async def unsubscribe_page(token: Token, res: AppResources) -> HTMLResponse:
     settings: Settings = res.settings  # type: ignore[assignment]
-    _, category = _verified(settings, token)
-    action = html.escape(f"?token={token}", quote=True)
+    brand = html.escape(settings.email_brand)
+    try:
+        _, category = read_unsubscribe_token(secret=settings.unsubscribe_secret.get_secret_value(), token=token)
+    except InvalidToken:
+        return HTMLResponse(_page("Unsubscribe", "<p>This unsubscribe link is not valid or has expired.</p>"), status_code=400)
+    action = html.escape(f"?{urlencode({'token': token})}", quote=True)
     label = html.escape(category.value.replace("_", " "))
-    return (
-        "<!doctype html><html><head><meta charset=utf-8><title>Unsubscribe</title></head>"
-        "<body style='font-family:system-ui;margin:3rem auto;max-width:32rem'>"
-        f"<h1>Unsubscribe</h1><p>Stop receiving <strong>{label}</strong> emails from {html.escape(settings.email_brand)}?</p>"
+    body = (
+        f"<p>Stop receiving <strong>{label}</strong> emails from {brand}?</p>"
         f"<form method=post action='{action}'><input type=hidden name=List-Unsubscribe value=One-Click>"
-        "<button type=submit>Unsubscribe</button></form></body></html>"
+        "<button type=submit>Unsubscribe</button></form>"
+    )
+    return HTMLResponse(_page("Unsubscribe", body))
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title></head>"
+        f"<body style='font-family:system-ui;margin:3rem auto;max-width:32rem'><h1>{html.escape(title)}</h1>{body}</body></html>"
     )

@@ -71,6 +71,7 @@ async def test_a_forged_or_expired_token_gets_400_and_changes_nothing(email_serv
     assert response.status_code == expected and page.status_code == expected
     if kind != "missing":
         assert "invalid or expired unsubscribe token" in response.json()["detail"]
+        assert "not valid or has expired" in page.text
     assert router_api.requests == []
 
 
