@@ -89,7 +89,11 @@ async def _announce(res: Resources, user_id: str, op: str, ids: list[str]) -> in
     return unread
 
 
-@api.get("", summary="The authenticated user's notifications, newest first")
+@api.get(
+    "",
+    summary="The authenticated user's notifications, newest first",
+    responses={400: {"description": "The cursor is not one this service issued"}},
+)
 async def list_inbox(
     user_id: UserId,
     res: AppResources,

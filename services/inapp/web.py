@@ -21,7 +21,12 @@ _USER = re.compile(r"^[A-Za-z0-9_.@:-]{1,128}$")
 web = APIRouter(tags=["widget"])
 
 
-@web.get("/widget/herald.js", summary="The <herald-bell> and <herald-inbox> web components (an ES module)")
+@web.get(
+    "/widget/herald.js",
+    summary="The <herald-bell> and <herald-inbox> web components (an ES module)",
+    response_class=FileResponse,
+    responses={200: {"content": {"text/javascript": {}}, "description": "The module's source"}},
+)
 async def widget() -> FileResponse:
     return FileResponse(STATIC / "herald.js", media_type="text/javascript", headers={"Cache-Control": "public, max-age=300"})
 
@@ -68,7 +73,10 @@ document.addEventListener('herald-open', (event) => {{
 </body></html>"""
 
 
-@web.get("/demo", response_class=HTMLResponse, summary="The bell for a sample user (development only)")
+_DEMO_ERRORS = {400: {"description": "Not a usable sample user id"}, 404: {"description": "Not served in production"}}
+
+
+@web.get("/demo", response_class=HTMLResponse, summary="The bell for a sample user (development only)", responses=_DEMO_ERRORS)
 async def demo(request: Request, user: Annotated[str | None, Query(description="The sample user's id")] = None) -> str:
     settings, user, token = _demo_user(request, user)
     trigger = f"{settings.sandbox_url}/inapp?user={user}"
@@ -81,7 +89,7 @@ the latest ten notifications, and updates as notifications arrive, without a rel
     return _page("Herald inbox demo", user, token, body)
 
 
-@web.get("/demo/inbox", response_class=HTMLResponse, summary="The full inbox page for a sample user (development only)")
+@web.get("/demo/inbox", response_class=HTMLResponse, summary="The full inbox page for a sample user (development only)", responses=_DEMO_ERRORS)
 async def demo_inbox(request: Request, user: Annotated[str | None, Query(description="The sample user's id")] = None) -> str:
     _, user, token = _demo_user(request, user)
     return _page("Herald inbox", user, token, "<herald-inbox></herald-inbox>")

@@ -33,7 +33,11 @@ EXAMPLES = int(os.environ.get("HERALD_OPENAPI_EXAMPLES", "50"))
 DERANDOMIZE = "HERALD_OPENAPI_EXAMPLES" not in os.environ
 STRIPE_SECRET = "whsec_openapi"
 PARTNER_SECRET = "whsec_" + base64.b64encode(b"openapi partner secret").decode()
-OVERRIDES = {"ingress": {"stripe_webhook_secret": STRIPE_SECRET, "webhook_secrets": f"scheduler={PARTNER_SECRET}"}}
+OVERRIDES = {
+    "ingress": {"stripe_webhook_secret": STRIPE_SECRET, "webhook_secrets": f"scheduler={PARTNER_SECRET}"},
+    # The event stream is endless by design: end each generated one quickly so its answer can be checked.
+    "inapp": {"stream_max_seconds": 0.3, "stream_ping_seconds": 0.1},
+}
 
 
 def _app(spec: ServiceSpec, infra):
