@@ -1,5 +1,7 @@
 from pathlib import Path
 
+from pydantic import Field
+
 from shared import HeraldSettings
 
 from .catalogue import DEFAULT_PATH
@@ -9,3 +11,6 @@ class Settings(HeraldSettings):
     service_name: str = "router"
     port: int = 8102
     catalogue_path: Path = DEFAULT_PATH
+    profile_cache_ttl_seconds: int = Field(default=3600, ge=1)  # every change invalidates at once; this bounds memory
+    broadcast_page: int = Field(default=1000, ge=1)  # users routed per step of a broadcast
+    trace_page_max: int = Field(default=1000, ge=1)  # most trace items one request returns

@@ -1,0 +1,162 @@
+"""One batch of domain events in, dispatches and trace rows out.
+
+The steps, in order: parse and validate every record (dead-lettering what is
+invalid); apply ``user.*`` events to the directory in the order they came;
+look up every recipient's profile at once (Redis, then PostgreSQL for
+misses); decide; publish the dispatches and write the trace concurrently,
+and return only when Kafka and PostgreSQL both have them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import ConsumerRecord
+
+from shared import CloudEvent, InvalidMessage, Outgoing, Resources, dead_letter, event_id_var, publish_many
+
+from . import logic, repo
+from .catalogue import Catalogue, Notification
+from .directory import recipients_of
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+_DIRECTORY_FIELDS = ("email", "phone", "phone_verified_at", "locale", "timezone")
+
+
+@dataclass
+class Item:
+    """One record of the batch, as far as it got."""
+
+    record: ConsumerRecord
+    event: CloudEvent | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    notifications: tuple[Notification, ...] = ()
+    recipients: dict[Notification, list[str] | None] = field(default_factory=dict)
+    failed: InvalidMessage | None = None
+
+
+class BatchRouter:
+    def __init__(self, settings: Settings, catalogue: Catalogue) -> None:
+        self.settings = settings
+        self.catalogue = catalogue
+
+    async def handle(self, records: list[ConsumerRecord], res: Resources) -> None:
+        """Finish every record of a batch."""
+        items = [self.parse(record, res) for record in records]
+        directory = recipients_of(res)
+        for item in items:
+            if item.event is not None and item.event.type in logic.DIRECTORY_TYPES:
+                await self.apply_directory(item, res)
+        routable = [i for i in items if i.failed is None and i.event is not None]
+        user_ids = {u for i in routable for users in i.recipients.values() if users for u in users}
+        profiles = await directory.profiles(user_ids)
+        out: list[Outgoing] = []
+        trace: list[dict[str, Any]] = []
+        for item in items:
+            if item.failed is not None:
+                out.append(self.dead_letter(item, res, trace))
+            elif item.event is not None and item.notifications:
+                targeted = {n: users for n, users in item.recipients.items() if users is not None}
+                self.collect(item, list(targeted), targeted, profiles, res, out, trace)
+        await self.finish(out, trace, res)
+        for item in routable:
+            for notification in (n for n, users in item.recipients.items() if users is None):
+                await self.broadcast(item, notification, res)
+
+    def parse(self, record: ConsumerRecord, res: Resources) -> Item:
+        """Parse and validate one record; unknown types are counted and left alone."""
+        item = Item(record)
+        try:
+            item.event = event = logic.parse_event(record.value)
+            event_id_var.set(event.id)
+            notifications = self.catalogue.get(event.type)
+            if notifications is None:
+                res.metrics.events.labels("unknown", "skipped").inc()
+                log.info("skipped event of unknown type %r", event.type)
+                return item
+            item.data = logic.validate_data(event)
+            item.notifications = notifications
+            item.recipients = {n: logic.recipients_of(n, item.data) for n in notifications}
+        except InvalidMessage as exc:
+            item.failed = exc
+        return item
+
+    async def apply_directory(self, item: Item, res: Resources) -> None:
+        """Apply a ``user.*`` event; an invalid address turns the item into a dead letter."""
+        assert item.event is not None
+        raw = item.event.data if isinstance(item.event.data, dict) else {}
+        fields = {k: item.data[k] for k in _DIRECTORY_FIELDS if k in raw}
+        try:
+            outcome = await recipients_of(res).apply_event(item.event.type, item.data["user_id"], fields)
+            log.info("directory %s for user %s by %s", outcome, item.data["user_id"], item.event.type)
+        except InvalidMessage as exc:
+            item.failed = exc
+
+    def collect(
+        self,
+        item: Item,
+        notifications: list[Notification],
+        recipients: dict[Notification, list[str] | None],
+        profiles: dict[str, logic.Profile],
+        res: Resources,
+        out: list[Outgoing],
+        trace: list[dict[str, Any]],
+    ) -> None:
+        """Decide for one event and add its dispatches and trace rows."""
+        event = item.event
+        assert event is not None
+        decisions = logic.route(event, item.data, notifications, recipients, profiles, frontend_url=self.settings.frontend_url)  # type: ignore[arg-type]
+        for decision in decisions:
+            critical = decision.notification.critical
+            lane = "critical" if critical else "normal"
+            outcome = "routed" if decision.routed else "suppressed"
+            res.metrics.dispatches.labels(decision.channel.value, lane, outcome, "" if decision.routed else decision.reason).inc()
+            if decision.dispatch is not None:
+                topic = self.settings.notify_topic(decision.channel.value, critical=critical)
+                out.append(Outgoing(topic, decision.dispatch, key=decision.user_id))
+        trace += logic.trace_rows(event, decisions)
+        res.metrics.events.labels(event.type, "routed").inc()
+
+    async def broadcast(self, item: Item, notification: Notification, res: Resources) -> None:
+        """A notification to every user not deleted, a page of the directory at a time."""
+        assert item.event is not None
+        after: str | None = None
+        total = 0
+        while True:
+            async with res.pool.acquire() as conn:
+                page = await repo.active_user_ids(conn=conn, after=after, limit=self.settings.broadcast_page)
+            if not page:
+                break
+            profiles = await recipients_of(res).profiles(page)
+            out: list[Outgoing] = []
+            trace: list[dict[str, Any]] = []
+            self.collect(item, [notification], {notification: page}, profiles, res, out, trace)
+            await self.finish(out, trace, res)
+            total += len(page)
+            after = page[-1]
+        log.info("broadcast %s %s to %d users", item.event.type, notification.template, total)
+
+    def dead_letter(self, item: Item, res: Resources, trace: list[dict[str, Any]]) -> Outgoing:
+        exc, record = item.failed, item.record
+        assert exc is not None
+        res.metrics.events.labels("invalid", "dead_lettered").inc()
+        res.metrics.dead_lettered.labels("router", exc.reason).inc()
+        log.warning("dead-lettered %s/%s@%s: %s", record.topic, record.partition, record.offset, exc)
+        if item.event is not None:
+            trace.append(logic.dead_letter_row(item.event, exc.reason, exc.detail))
+        return dead_letter(self.settings, record, stage="router", reason=exc.reason, error=exc.detail)
+
+    async def finish(self, out: list[Outgoing], trace: list[dict[str, Any]], res: Resources) -> None:
+        """Publish and record, concurrently; return when both are done."""
+
+        async def record() -> None:
+            if trace:
+                async with res.pool.acquire() as conn:
+                    await repo.record_decisions(conn=conn, rows=trace)
+
+        await asyncio.gather(publish_many(res.broker, out), record())
