@@ -14,7 +14,7 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from pydantic import ValidationError
 
-from shared import Category, Channel, CloudEvent, Dispatch, InvalidMessage, Recipient, notification_id
+from shared import Category, Channel, CloudEvent, Dispatch, InvalidMessage, notification_id
 from shared.events import EVENT_MODELS
 
 from .catalogue import Catalogue, Notification
@@ -159,17 +159,17 @@ def decide(
         return skip("user_deleted", "the user was deleted")
     if not notification.critical and not enabled:
         return skip("preference_off", f"{notification.category.value} by {channel.value} is switched off")
-    recipient = Recipient(user_id=contact.user_id)
+    email = phone = None
     if channel is Channel.email:
         if not contact.email:
             return skip("no_address", "no email address" if contact.known else "user not in the recipients directory")
-        recipient.email = contact.email
+        email = contact.email
     elif channel is Channel.sms:
         if not contact.phone:
             return skip("no_address", "no phone number" if contact.known else "user not in the recipients directory")
         if not contact.phone_verified and not notification.critical:
             return skip("phone_unverified", "the phone number is not verified")
-        recipient.phone = contact.phone
+        phone = contact.phone
     dispatch = Dispatch(
         notification_id=notification_id(source=event.source, event_id=event.id, user_id=contact.user_id, channel=channel.value),
         event_id=event.id,
@@ -179,7 +179,7 @@ def decide(
         category=notification.category,
         critical=notification.critical,
         channel=channel,
-        recipient=recipient,
+        recipient={"user_id": contact.user_id, "email": email, "phone": phone},
         locale=contact.locale,
         timezone=contact.timezone,
         template=notification.template,

@@ -10,11 +10,14 @@ and return only when Kafka and PostgreSQL both have them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from shared import CloudEvent, InvalidMessage, Outgoing, Resources, dead_letter, event_id_var, publish_many
 
@@ -111,14 +114,18 @@ class BatchRouter:
         event = item.event
         assert event is not None
         decisions = logic.route(event, item.data, notifications, recipients, profiles, frontend_url=self.settings.frontend_url)  # type: ignore[arg-type]
+        counts: Counter[tuple[str, str, str, str]] = Counter()
         for decision in decisions:
             critical = decision.notification.critical
             lane = "critical" if critical else "normal"
-            outcome = "routed" if decision.routed else "suppressed"
-            res.metrics.dispatches.labels(decision.channel.value, lane, outcome, "" if decision.routed else decision.reason).inc()
             if decision.dispatch is not None:
+                counts[(decision.channel.value, lane, "routed", "")] += 1
                 topic = self.settings.notify_topic(decision.channel.value, critical=critical)
                 out.append(Outgoing(topic, decision.dispatch, key=decision.user_id))
+            else:
+                counts[(decision.channel.value, lane, "suppressed", decision.reason)] += 1
+        for labels, n in counts.items():
+            res.metrics.dispatches.labels(*labels).inc(n)
         trace += logic.trace_rows(event, decisions)
         res.metrics.events.labels(event.type, "routed").inc()
 
@@ -159,4 +166,39 @@ class BatchRouter:
                 async with res.pool.acquire() as conn:
                     await repo.record_decisions(conn=conn, rows=trace)
 
-        await asyncio.gather(publish_many(res.broker, out), record())
+        dispatches = [m for m in out if not isinstance(m.value, bytes)]
+        dead = [m for m in out if isinstance(m.value, bytes)]
+        await asyncio.gather(send_all(res.extra["producer"], dispatches), publish_many(res.broker, dead), record())
+
+
+@contextlib.asynccontextmanager
+async def dispatch_producer_for(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    """The router's own producer for dispatches: acks from every replica, batched with a short linger."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=f"herald-{settings.service_name}-dispatch",
+        acks="all",
+        enable_idempotence=settings.kafka_enable_idempotence,
+        linger_ms=settings.dispatch_linger_ms,
+        max_batch_size=settings.dispatch_max_batch_bytes,
+    )
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+async def send_all(producer: AIOKafkaProducer, messages: Sequence[Outgoing]) -> None:
+    """Publish dispatches straight through aiokafka and wait until Kafka has every one (raises if any failed).
+
+    The broker's own publish path runs a middleware stack per message; at tens of
+    thousands of dispatches a second that stack cost more than routing itself.
+    """
+    futures = []
+    for m in messages:
+        value = m.value if isinstance(m.value, bytes) else m.value.model_dump_json().encode()
+        key = m.key.encode() if isinstance(m.key, str) else m.key
+        futures.append(await producer.send(m.topic, value, key=key))
+    if futures:
+        await asyncio.gather(*futures)

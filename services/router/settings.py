@@ -13,4 +13,6 @@ class Settings(HeraldSettings):
     catalogue_path: Path = DEFAULT_PATH
     profile_cache_ttl_seconds: int = Field(default=3600, ge=1)  # every change invalidates at once; this bounds memory
     broadcast_page: int = Field(default=1000, ge=1)  # users routed per step of a broadcast
+    dispatch_linger_ms: int = Field(default=5, ge=0)  # how long the dispatch producer waits to fill a batch
+    dispatch_max_batch_bytes: int = Field(default=256 * 1024, ge=16 * 1024)
     trace_page_max: int = Field(default=1000, ge=1)  # most trace items one request returns

@@ -8,7 +8,7 @@ from services.router import logic
 from services.router.cache import decode, encode
 from services.router.catalogue import CatalogueError, load_catalogue
 from services.router.logic import Contact, Directory, Profile
-from shared import Category, Channel, CloudEvent, InvalidMessage, notification_id
+from shared import Category, Channel, CloudEvent, Dispatch, InvalidMessage, notification_id
 from shared.events import EVENT_MODELS
 
 CATALOGUE = load_catalogue()
@@ -71,6 +71,7 @@ def test_a_known_verified_user_gets_every_catalogue_channel(event_type, notifica
         assert dispatch.recipient.email == (f"{d.user_id}@example.com" if d.channel is Channel.email else None)
         assert dispatch.recipient.phone == ("+14155550100" if d.channel is Channel.sms else None)
         assert dispatch.url is None or dispatch.url.startswith(FRONTEND + "/")
+        assert Dispatch.model_validate_json(dispatch.model_dump_json()) == dispatch
 
 
 @pytest.mark.parametrize(("event_type", "notifications"), NOTIFYING, ids=[t for t, _ in NOTIFYING])
