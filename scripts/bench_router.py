@@ -154,6 +154,12 @@ async def produce(producer: AIOKafkaProducer, settings: HeraldSettings, events: 
     return stamps
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1] if len(values) > 1 else values[0]
 
@@ -181,7 +187,7 @@ async def run(args: argparse.Namespace) -> None:
     stack = Stack(env=env, log_dir=workdir)
     try:
         users = await prepare(settings, args.users)
-        print(f"directory: {len(users)} users; broker 127.0.0.1:{port}; logs in {workdir}")
+        print(f"directory: {len(users)} users; broker 127.0.0.1:{port}; logs in {workdir}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         from herald.stack import SERVICES
 
         spec = next(s for s in SERVICES if s.name == "router")
@@ -202,16 +208,19 @@ async def run(args: argparse.Namespace) -> None:
                 events = [make_event(offset + i, users, run_id) for i in range(count)]
                 offset += count
                 expected = collector.count + sum(inapp_expected(e) for _, e in events)
+                cpu0 = cpu_seconds(stack.procs["router"].pid)
                 t0 = time.perf_counter()
                 stamps = await produce(producer, settings, events, rate)
                 await collector.wait_for(expected, timeout=args.timeout)
                 elapsed = time.perf_counter() - t0
+                cpu = cpu_seconds(stack.procs["router"].pid) - cpu0
                 latencies = [min(collector.seen[i]) - ts for i, ts in stamps.items()]
                 if name == "warm-up":
                     print(f"warm-up: {count} events in {elapsed:.1f}s")
                     continue
                 line = f"{name}: {count} events in {elapsed:.2f}s = {count / elapsed:,.0f} events/s routed"
                 line += f"; latency p50 {percentile(latencies, 0.5):.0f} ms, p99 {percentile(latencies, 0.99):.0f} ms, max {max(latencies):.0f} ms"
+                line += f"; router CPU {cpu / count * 1e6:.0f} us/event ({cpu / elapsed:.0%} of a core)"
                 if rate:
                     line += f" (paced at {rate:,.0f} events/s)"
                 print(line)
@@ -261,7 +270,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3000)
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--partitions", type=int, default=12)
-    parser.add_argument("--batch", type=int, default=500, help="HERALD_KAFKA_MAX_BATCH of the router")
+    parser.add_argument("--batch", type=int, default=2000, help="HERALD_KAFKA_MAX_BATCH of the router")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--profile", help="write a cProfile of the router process to this file")

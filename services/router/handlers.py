@@ -24,7 +24,12 @@ def build_router(settings: Settings, catalogue: Catalogue) -> KafkaRouter:
     router = KafkaRouter()
     batches = BatchRouter(settings, catalogue)
 
-    @router.subscriber(pattern=settings.domain_pattern(), **subscriber_options(settings, "router"), title="router:domain")
+    @router.subscriber(
+        pattern=settings.domain_pattern(),
+        **subscriber_options(settings, "router"),
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        title="router:domain",
+    )
     async def on_domain_events(_: None, msg: KafkaMessage, res: KafkaResources) -> None:
         await batches.handle(list(msg.raw_message), res)
 
