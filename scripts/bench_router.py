@@ -209,11 +209,13 @@ async def run(args: argparse.Namespace) -> None:
                 offset += count
                 expected = collector.count + sum(inapp_expected(e) for _, e in events)
                 cpu0 = cpu_seconds(stack.procs["router"].pid)
+                broker0, own0 = cpu_seconds(broker.pid), cpu_seconds(os.getpid())
                 t0 = time.perf_counter()
                 stamps = await produce(producer, settings, events, rate)
                 await collector.wait_for(expected, timeout=args.timeout)
                 elapsed = time.perf_counter() - t0
                 cpu = cpu_seconds(stack.procs["router"].pid) - cpu0
+                broker_cpu, own_cpu = cpu_seconds(broker.pid) - broker0, cpu_seconds(os.getpid()) - own0
                 latencies = [min(collector.seen[i]) - ts for i, ts in stamps.items()]
                 if name == "warm-up":
                     print(f"warm-up: {count} events in {elapsed:.1f}s")
@@ -221,6 +223,7 @@ async def run(args: argparse.Namespace) -> None:
                 line = f"{name}: {count} events in {elapsed:.2f}s = {count / elapsed:,.0f} events/s routed"
                 line += f"; latency p50 {percentile(latencies, 0.5):.0f} ms, p99 {percentile(latencies, 0.99):.0f} ms, max {max(latencies):.0f} ms"
                 line += f"; router CPU {cpu / count * 1e6:.0f} us/event ({cpu / elapsed:.0%} of a core)"
+                line += f"; broker {broker_cpu / elapsed:.0%}, this script {own_cpu / elapsed:.0%} of a core"
                 if rate:
                     line += f" (paced at {rate:,.0f} events/s)"
                 print(line)
