@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from services.router.app import create_app
 from services.router.settings import Settings
@@ -23,6 +24,7 @@ class Harness:
     infra: Infra
     settings: Settings
     client: httpx.AsyncClient
+    app: FastAPI
 
     @property
     def key(self) -> dict[str, str]:
@@ -65,8 +67,9 @@ def new_user() -> str:
 async def router(infra, namespace):
     settings = settings_for(Settings, infra, namespace)
     await make_topics(settings)
-    async with running(create_app(settings)) as client:
-        yield Harness(infra, settings, client)
+    app = create_app(settings)
+    async with running(app) as client:
+        yield Harness(infra, settings, client, app)
 
 
 @pytest.fixture

@@ -97,9 +97,9 @@ async def test_a_system_update_without_users_goes_to_every_user_not_deleted(rout
     assert by_channel(items, alive)["email"]["decision"] == "routed"
 
 
-async def test_every_service_topic_is_consumed_from_its_own_group(router):
+async def test_domain_events_and_delivery_statuses_are_consumed_in_groups_of_their_own(router):
     assert isinstance(router.settings, Settings)
-    groups = {s.group_id for s in router.client._transport.app.state.resources.broker.subscribers}  # type: ignore[attr-defined]
+    groups = {s.group_id for s in router.app.state.resources.broker.subscribers}
     assert groups == {router.settings.group_id("router"), router.settings.group_id("router-status")}
 
 
