@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -175,3 +175,18 @@ async def deliveries_of(*, conn: Any, notification_ids: Iterable[UUID]) -> dict[
         row = dict(r)
         found.setdefault(row.pop("notification_id"), []).append(row)
     return found
+
+
+async def prune_trace(*, conn: Any, older_than: timedelta, limit: int) -> int:
+    """Delete up to ``limit`` decisions and ``limit`` deliveries older than ``older_than``; how many went."""
+    decisions = await conn.execute(
+        "DELETE FROM router.decisions WHERE ctid = ANY(ARRAY(SELECT ctid FROM router.decisions WHERE decided_at < now() - $1::interval LIMIT $2))",
+        older_than,
+        limit,
+    )
+    deliveries = await conn.execute(
+        "DELETE FROM router.deliveries WHERE ctid = ANY(ARRAY(SELECT ctid FROM router.deliveries WHERE at < now() - $1::interval LIMIT $2))",
+        older_than,
+        limit,
+    )
+    return int(decisions.split()[-1]) + int(deliveries.split()[-1])

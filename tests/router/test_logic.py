@@ -230,3 +230,13 @@ def test_a_catalogue_naming_an_unknown_category_or_channel_fails_clearly(tmp_pat
     with pytest.raises(CatalogueError) as err:
         load_catalogue(path)
     assert "message.received" in str(err.value) and message in str(err.value) and value.strip("[]").split(", ")[-1] in str(err.value)
+
+
+def test_the_service_refuses_to_start_with_a_bad_catalogue(tmp_path):
+    from services.router.app import create_app
+    from services.router.settings import Settings
+
+    path = tmp_path / "catalogue.yaml"
+    path.write_text("message.received:\n  - {template: t, category: messages, channels: [email, telegraph], recipients: recipient_id}\n")
+    with pytest.raises(CatalogueError, match="telegraph"):
+        create_app(Settings(catalogue_path=path))

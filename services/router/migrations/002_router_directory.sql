@@ -60,3 +60,7 @@ CREATE TABLE router.deliveries (
     at timestamptz NOT NULL,
     PRIMARY KEY (notification_id, status, attempt)
 );
+
+-- Pruning old trace rows scans by time; BRIN stays small and cheap on append-mostly tables.
+CREATE INDEX decisions_age ON router.decisions USING brin (decided_at);
+CREATE INDEX deliveries_age ON router.deliveries USING brin (at);
