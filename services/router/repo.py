@@ -116,12 +116,22 @@ async def set_preferences(*, conn: Any, user_id: str, changes: Mapping[tuple[str
 # ---------------------------------------------------------------------------- trace
 
 
+async def _trace_write(conn: Any, sql: str, *args: Any) -> None:
+    # The trace is diagnostic, not the record of delivery (the senders' ledgers are): it
+    # need not wait for its WAL flush. A crash of PostgreSQL can lose the last fraction of
+    # a second of trace rows, never a committed row of anything else.
+    async with conn.transaction():
+        await conn.execute("SET LOCAL synchronous_commit TO off")
+        await conn.execute(sql, *args)
+
+
 async def record_decisions(*, conn: Any, rows: Sequence[Mapping[str, Any]]) -> None:
     """Write decisions; one already written for a notification id is kept."""
     if not rows:
         return
     columns = ("notification_id", "event_id", "event_source", "event_type", "user_id", "channel", "critical", "template", "decision", "reason", "detail")
-    await conn.execute(
+    await _trace_write(
+        conn,
         """
         INSERT INTO router.decisions (notification_id, event_id, event_source, event_type, user_id, channel, critical, template, decision, reason, detail)
         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::boolean[], $8::text[], $9::text[], $10::text[], $11::text[])
@@ -136,7 +146,8 @@ async def record_deliveries(*, conn: Any, rows: Sequence[Mapping[str, Any]]) -> 
     if not rows:
         return
     columns = ("notification_id", "status", "attempt", "reason", "provider_message_id", "event_id", "user_id", "channel", "at")
-    await conn.execute(
+    await _trace_write(
+        conn,
         """
         INSERT INTO router.deliveries (notification_id, status, attempt, reason, provider_message_id, event_id, user_id, channel, at)
         SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::timestamptz[])
