@@ -65,6 +65,7 @@ class BatchRouter:
     def __init__(self, settings: Settings, catalogue: Catalogue) -> None:
         self.settings = settings
         self.catalogue = catalogue
+        self._in_order = asyncio.Lock()
 
     async def handle(self, records: list[ConsumerRecord], res: Resources) -> None:
         """Finish every record of a batch."""
@@ -192,9 +193,14 @@ class BatchRouter:
                 async with res.pool.acquire() as conn:
                     await repo.record_decisions(conn=conn, rows=trace)
 
-        dispatches = [m for m in out if not isinstance(m.value, bytes)]
-        dead = [m for m in out if isinstance(m.value, bytes)]
-        await asyncio.gather(send_all(res.extra["producer"], dispatches), publish_many(res.broker, dead), record())
+        async def publish() -> None:
+            # Chunks hand their dispatches to the producer one after another, in consumption
+            # order, so a user's notifications keep their order; acks are awaited outside.
+            async with self._in_order:
+                acks = await enqueue(res.extra["producer"], [m for m in out if not isinstance(m.value, bytes)])
+            await asyncio.gather(*acks)
+
+        await asyncio.gather(publish(), publish_many(res.broker, [m for m in out if isinstance(m.value, bytes)]), record())
 
 
 @contextlib.asynccontextmanager
@@ -215,8 +221,8 @@ async def dispatch_producer_for(settings: Settings) -> AsyncIterator[AIOKafkaPro
         await producer.stop()
 
 
-async def send_all(producer: AIOKafkaProducer, messages: Sequence[Outgoing]) -> None:
-    """Publish dispatches and wait until Kafka has every one (raises if any failed).
+async def enqueue(producer: AIOKafkaProducer, messages: Sequence[Outgoing]) -> list[asyncio.Future[Any]]:
+    """Hand dispatches to the producer; the futures resolve when Kafka has acknowledged them.
 
     Messages are packed into one record batch per topic partition, each partition
     chosen from the key exactly as Kafka's default partitioner does (murmur2), so a
@@ -240,8 +246,7 @@ async def send_all(producer: AIOKafkaProducer, messages: Sequence[Outgoing]) -> 
             batch.append(key=key, value=value, timestamp=None)
     for (topic, partition), batch in batches.items():
         futures.append(await producer.send_batch(batch, topic, partition=partition))
-    if futures:
-        await asyncio.gather(*futures)
+    return futures
 
 
 @functools.lru_cache(maxsize=65536)

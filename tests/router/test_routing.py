@@ -107,3 +107,28 @@ def _event(event_type: str, data: dict) -> dict:
     from ..support import cloud_event
 
     return cloud_event(event_type, data)
+
+
+async def test_a_users_dispatches_keep_the_order_of_their_events_across_chunks(infra, namespace):
+    from aiokafka import AIOKafkaProducer
+
+    from services.router.app import create_app
+
+    from ..support import cloud_event, make_topics
+
+    settings = settings_for(Settings, infra, namespace, route_chunk=1, route_pipeline_depth=4)
+    await make_topics(settings)
+    user = new_user()
+    events = [cloud_event("message.received", {"message_id": f"m{i}", "conversation_id": "c", "sender_id": "s", "sender_name": "S", "recipient_id": user, "preview": str(i)}) for i in range(40)]
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, acks="all", linger_ms=50)
+    await producer.start()
+    try:
+        for event in events:
+            await producer.send(settings.domain_topic("message.received"), json.dumps(event).encode(), key=user.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    async with running(create_app(settings)):
+        async with TopicReader(infra.kafka_bootstrap, settings.notify_topic("inapp")) as inapp:
+            await inapp.wait_for(len(events))
+    assert [d["event_id"] for d in inapp.json()] == [e["id"] for e in events]
