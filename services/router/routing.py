@@ -49,7 +49,8 @@ class Item:
 class Chunk:
     """What a group of events produces: dispatches and dead letters, trace rows, metric counts."""
 
-    out: list[Outgoing] = field(default_factory=list)
+    out: list[Outgoing] = field(default_factory=list)  # dispatches
+    dead: list[Outgoing] = field(default_factory=list)  # dead letters
     trace: list[dict[str, Any]] = field(default_factory=list)
     dispatches: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
     events: Counter[str] = field(default_factory=Counter)
@@ -65,7 +66,6 @@ class BatchRouter:
     def __init__(self, settings: Settings, catalogue: Catalogue) -> None:
         self.settings = settings
         self.catalogue = catalogue
-        self._in_order = asyncio.Lock()
 
     async def handle(self, records: list[ConsumerRecord], res: Resources) -> None:
         """Finish every record of a batch."""
@@ -77,22 +77,27 @@ class BatchRouter:
         routable = [i for i in items if i.failed is None and i.event is not None]
         user_ids = {u for i in routable for users in i.recipients.values() if users for u in users}
         profiles = await directory.profiles(user_ids)
-        # Decide a chunk while the previous chunks' dispatches and trace rows are on their
-        # way (at most ``route_pipeline_depth`` in flight); all are done before we return.
+        # A chunk's trace rows and dead letters are written while the next chunk is decided
+        # (at most ``route_pipeline_depth`` chunks in flight). The batch's dispatches go to
+        # the producer together, in consumption order, one record batch per partition, so a
+        # user's notifications keep their order. All is acknowledged before we return.
         in_flight = asyncio.Semaphore(self.settings.route_pipeline_depth)
+        dispatches: list[Outgoing] = []
         async with asyncio.TaskGroup() as group:
             for start in range(0, len(items), self.settings.route_chunk):
                 chunk = Chunk()
                 for item in items[start : start + self.settings.route_chunk]:
                     if item.failed is not None:
-                        chunk.out.append(self.dead_letter(item, res, chunk.trace))
+                        chunk.dead.append(self.dead_letter(item, res, chunk.trace))
                     elif item.event is not None and item.notifications:
                         targeted = {n: users for n, users in item.recipients.items() if users is not None}
                         self.collect(item, list(targeted), targeted, profiles, chunk)
                 chunk.count(res)
+                dispatches += chunk.out
                 await in_flight.acquire()
-                group.create_task(self.finish(chunk, res, release=in_flight))
-                await asyncio.sleep(0)  # let it start sending before the next chunk is decided
+                group.create_task(self.record(chunk, res, release=in_flight))
+                await asyncio.sleep(0)  # let it start writing before the next chunk is decided
+            group.create_task(self.publish(dispatches, res))
         for item in routable:
             for notification in (n for n, users in item.recipients.items() if users is None):
                 await self.broadcast(item, notification, res)
@@ -179,28 +184,28 @@ class BatchRouter:
             trace.append(logic.dead_letter_row(item.event, exc.reason, exc.detail))
         return dead_letter(self.settings, record, stage="router", reason=exc.reason, error=exc.detail)
 
-    async def finish(self, chunk: Chunk, res: Resources, *, release: asyncio.Semaphore | None = None) -> None:
+    async def finish(self, chunk: Chunk, res: Resources) -> None:
         """Publish and record a chunk, concurrently; return when both are done."""
+        await asyncio.gather(self.publish(chunk.out, res), self.record(chunk, res))
+
+    async def publish(self, dispatches: list[Outgoing], res: Resources) -> None:
+        """Hand dispatches to the producer in order; return when Kafka has every one."""
+        acks = await enqueue(res.extra["producer"], dispatches)
+        await asyncio.gather(*acks)
+
+    async def record(self, chunk: Chunk, res: Resources, *, release: asyncio.Semaphore | None = None) -> None:
+        """Write a chunk's trace rows and dead letters; return when PostgreSQL and Kafka have them."""
         try:
-            await self._finish(chunk.out, chunk.trace, res)
+
+            async def decisions() -> None:
+                if chunk.trace:
+                    async with res.pool.acquire() as conn:
+                        await repo.record_decisions(conn=conn, rows=chunk.trace)
+
+            await asyncio.gather(decisions(), publish_many(res.broker, chunk.dead))
         finally:
             if release is not None:
                 release.release()
-
-    async def _finish(self, out: list[Outgoing], trace: list[dict[str, Any]], res: Resources) -> None:
-        async def record() -> None:
-            if trace:
-                async with res.pool.acquire() as conn:
-                    await repo.record_decisions(conn=conn, rows=trace)
-
-        async def publish() -> None:
-            # Chunks hand their dispatches to the producer one after another, in consumption
-            # order, so a user's notifications keep their order; acks are awaited outside.
-            async with self._in_order:
-                acks = await enqueue(res.extra["producer"], [m for m in out if not isinstance(m.value, bytes)])
-            await asyncio.gather(*acks)
-
-        await asyncio.gather(publish(), publish_many(res.broker, [m for m in out if isinstance(m.value, bytes)]), record())
 
 
 @contextlib.asynccontextmanager

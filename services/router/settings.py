@@ -18,7 +18,7 @@ class Settings(HeraldSettings):
     broadcast_page: int = Field(default=1000, ge=1)  # users routed per step of a broadcast
     fetch_max_wait_ms: int = Field(default=100, ge=0)  # longest a fetch waits at the broker for new events (latency bound)
     dispatch_linger_ms: int = Field(default=5, ge=0)  # how long the dispatch producer waits to fill a batch
-    dispatch_max_batch_bytes: int = Field(default=256 * 1024, ge=16 * 1024)
+    dispatch_max_batch_bytes: int = Field(default=512 * 1024, ge=16 * 1024)  # below the broker's message.max.bytes
     trace_retention_days: float = Field(default=30, gt=0)  # decision-trace rows older than this are pruned
     trace_prune_interval_seconds: float = Field(default=600, gt=0)
     trace_page_max: int = Field(default=1000, ge=1)  # most trace items one request returns
