@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ from . import infra
 from .stack import ROOT, SANDBOX, SERVICES, Stack, port_of
 
 RUN_DIR = ROOT / ".run"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.local.yml"
 
 
 def migrations_of_all() -> list:
@@ -62,13 +65,68 @@ def _wait_bindable(port: int, timeout: float) -> bool:
         time.sleep(1)
 
 
+def dev_vapid_private_key() -> str:
+    """The development VAPID private key (base64url, raw 32 bytes), generated once into ``.run/`` (kept out of git)."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    path = RUN_DIR / "vapid_private_key"
+    if not path.exists():
+        RUN_DIR.mkdir(exist_ok=True)
+        raw = ec.generate_private_key(ec.SECP256R1()).private_numbers().private_value.to_bytes(32, "big")
+        path.touch(mode=0o600)
+        path.write_text(base64.urlsafe_b64encode(raw).decode().rstrip("=") + "\n")
+    return path.read_text().strip()
+
+
+def prometheus_config(targets: dict[str, str], self_target: str, *, base: Path = PROMETHEUS_CONFIG) -> dict:
+    """The shipped local Prometheus configuration with each service's target (``host:port``) and absolute rule paths."""
+    import yaml
+
+    config = yaml.safe_load(base.read_text())
+    config["rule_files"] = [str(base.parent / pattern) for pattern in config.get("rule_files", [])]
+    for job in config["scrape_configs"]:
+        for static in job["static_configs"]:
+            service = static.get("labels", {}).get("service")
+            static["targets"] = [targets[service] if service else self_target]
+    return config
+
+
+def start_prometheus(stack: Stack, port: int) -> subprocess.Popen | None:
+    """Start Prometheus, where it is installed, scraping the stack with the shipped configuration and rules."""
+    import yaml
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        return None
+    targets = {spec.name: f"{stack.host}:{port_of(spec, stack.env)}" for spec in SERVICES}
+    path = RUN_DIR / "prometheus.yml"
+    path.write_text(yaml.safe_dump(prometheus_config(targets, f"127.0.0.1:{port}")))
+    log = open(stack.log_dir / "prometheus.log", "ab")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen(
+        [binary, f"--config.file={path}", f"--storage.tsdb.path={RUN_DIR / 'prometheus'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    infra.wait_port("127.0.0.1", port, timeout=30, proc=proc)
+    return proc
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Everything `make run` does after installing."""
     settings = HeraldSettings()
     env = dict(os.environ)
     env.setdefault("HERALD_PUSH_DEV_HOSTS", f"127.0.0.1:{port_of(SANDBOX, env)}")
+    if not env.get("HERALD_VAPID_PRIVATE_KEY"):
+        env["HERALD_VAPID_PRIVATE_KEY"] = dev_vapid_private_key()
     stack = Stack(env=env, log_dir=RUN_DIR / "logs")
-    tansu = None
+    if "HERALD_PUBLIC_URL" not in os.environ:
+        # Locally nothing routes /v1/webhooks/twilio/* to sms: let the sandbox call it back directly.
+        sms = next(spec for spec in SERVICES if spec.name == "sms")
+        stack.service_env["sms"] = {"HERALD_PUBLIC_URL": f"http://127.0.0.1:{port_of(sms, env)}"}
+    tansu = prometheus = None
     try:
         infra.ensure_postgres(settings.database_url)
         infra.ensure_redis(settings.redis_url)
@@ -88,17 +146,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         created = asyncio.run(create_topics(settings))
         print(f"herald: {len(created)} topics created")
         stack.start_all((SANDBOX, *SERVICES))
+        prometheus_port = int(env.get("HERALD_PROMETHEUS_PORT", "9090"))
+        if shutil.which("prometheus") and infra.port_open("127.0.0.1", prometheus_port):
+            print(f"herald: 127.0.0.1:{prometheus_port} is taken; Prometheus not started (set HERALD_PROMETHEUS_PORT)", file=sys.stderr)
+        else:
+            prometheus = start_prometheus(stack, prometheus_port)
     except (infra.InfraError, OSError) as exc:
         print(f"herald: {exc}", file=sys.stderr)
         stack.stop_all()
-        if tansu:
-            infra.stop(tansu)
+        for proc in (prometheus, tansu):
+            if proc:
+                infra.stop(proc)
         return 1
     print("\nHerald is running. Ctrl-C stops everything.\n")
     for spec in SERVICES:
         url = stack.url(spec)
         print(f"  {spec.name:8} {url}/docs   metrics {url}/metrics")
-    print(f"  sandbox  {stack.url(SANDBOX)}/   (what would have been sent)")
+    print(f"  sandbox  {stack.url(SANDBOX)}/   (what would have been sent; {stack.url(SANDBOX)}/inapp triggers notifications)")
+    inapp = next(spec for spec in SERVICES if spec.name == "inapp")
+    print(f"  demo     {stack.url(inapp)}/demo   (the bell widget for a sample user)")
+    if prometheus:
+        print(f"  prometheus http://127.0.0.1:{prometheus_port}/   (scrapes every service, Herald's alert rules loaded)")
     print(f"  logs     {RUN_DIR / 'logs'}\n")
     stopping = False
 
@@ -118,8 +186,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         print("herald: stopping")
         stack.stop_all()
-        if tansu:
-            infra.stop(tansu)
+        for proc in (prometheus, tansu):
+            if proc:
+                infra.stop(proc)
     return 0 if stopping else 1
 
 
@@ -146,6 +215,13 @@ def cmd_schemas(args: argparse.Namespace) -> int:
         return 1 if stale else 0
     for path in contract.write():
         print(f"wrote schemas/{path}")
+    return 0
+
+
+def cmd_env_example(args: argparse.Namespace) -> int:
+    from . import contract
+
+    sys.stdout.write(contract.env_example())
     return 0
 
 
@@ -182,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     schemas = sub.add_parser("schemas", help="regenerate schemas/ from the models and the services")
     schemas.add_argument("--check", action="store_true", help="fail if schemas/ is out of date instead of writing")
     schemas.set_defaults(func=cmd_schemas)
+    sub.add_parser("env-example", help="print every HERALD_* variable with its default").set_defaults(func=cmd_env_example)
     dlq = sub.add_parser("dlq", help="dead-letter topic tools").add_subparsers(dest="dlq_command", required=True)
     replay = dlq.add_parser("replay", help="re-publish dead-lettered messages to where they came from")
     replay.add_argument("--stage", required=True, help="only messages dead-lettered by this stage (router, email, sms, push, inapp)")

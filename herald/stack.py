@@ -51,6 +51,7 @@ class Stack:
     env: dict[str, str]
     log_dir: Path
     host: str = "127.0.0.1"
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)  # per-service additions to env
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def url(self, spec: ServiceSpec) -> str:
@@ -62,7 +63,8 @@ class Stack:
         log = open(self.log_dir / f"{spec.name}.log", "ab")  # noqa: SIM115 - lives as long as the process
         port = port_of(spec, self.env)
         cmd = [sys.executable, "-m", "uvicorn", "--factory", spec.app, "--host", self.host, "--port", str(port), "--no-access-log"]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**self.env, **self.service_env.get(spec.name, {})}
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[spec.name] = proc
         return proc
 

@@ -32,6 +32,7 @@ from ._models import (
     notification_id,
     utcnow,
 )
+from ._ratelimit import Grant, Limit, RateLimiter
 from ._sender import Deliver, Ledger, SenderPipeline, retry_delay
 from ._templates import MessageTemplates, TemplateError
 from ._settings import CommaList, HeraldSettings, split_commas
@@ -47,10 +48,12 @@ __all__ = [
     "Deliver",
     "DeliveryState",
     "DeliveryStatus",
+    "Grant",
     "Dispatch",
     "HeraldError",
     "HeraldSettings",
     "InvalidMessage",
+    "Limit",
     "KafkaResources",
     "Ledger",
     "Metrics",
@@ -58,6 +61,7 @@ __all__ = [
     "MigrationError",
     "Outgoing",
     "PermanentError",
+    "RateLimiter",
     "Recipient",
     "Resources",
     "SenderPipeline",

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import asyncpg
 import httpx
@@ -16,12 +16,15 @@ from fastapi.responses import JSONResponse
 from faststream import Context
 from faststream.kafka import KafkaBroker, KafkaRouter
 from prometheus_client import CollectorRegistry, make_asgi_app
+from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from ._db import create_pool
 from ._kafka import make_broker
+from ._lag import consumer_lag
 from ._logging import configure_logging
 from ._metrics import Metrics
+from ._openapi import complete_openapi
 from ._settings import HeraldSettings
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,13 @@ class Resources:
     redis: Redis = field(default=None)  # type: ignore[assignment]
     http: httpx.AsyncClient = field(default=None)  # type: ignore[assignment]
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Readiness(BaseModel):
+    """Each dependency's check: ``ok`` or why it failed."""
+
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str]
 
 
 def _resources(request: Request) -> Resources:
@@ -100,6 +110,9 @@ def create_service(
             for hook in hooks:
                 await stack.enter_async_context(hook(resources))
             await broker.start()
+            await stack.enter_async_context(
+                consumer_lag(settings.kafka_bootstrap, broker, resources.metrics, interval=settings.consumer_lag_interval_seconds)
+            )
             log.info("%s ready on %s:%s", settings.service_name, settings.host, settings.port)
             yield
 
@@ -115,7 +128,11 @@ def create_service(
         "/readyz",
         tags=["operations"],
         summary="Kafka, PostgreSQL and Redis are reachable",
-        responses={503: {"description": "A dependency is unreachable"}},
+        response_model=None,
+        responses={
+            200: {"description": "Every dependency answers", "model": Readiness},
+            503: {"description": "A dependency is unreachable", "model": Readiness},
+        },
     )
     async def readyz() -> JSONResponse:
         async def pg() -> bool:
@@ -133,4 +150,5 @@ def create_service(
     if api is not None:
         app.include_router(api)
     app.mount("/metrics", make_asgi_app(registry))
+    complete_openapi(app)
     return app

@@ -39,6 +39,8 @@ def make_broker(settings: HeraldSettings, *, registry: CollectorRegistry | None 
         client_id=f"herald-{settings.service_name}",
         acks="all",
         enable_idempotence=settings.kafka_enable_idempotence,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        metadata_max_age_ms=settings.kafka_metadata_max_age_ms,
         middlewares=middlewares,
         logger=logging.getLogger(f"herald.{settings.service_name}.kafka"),
     )

@@ -57,7 +57,7 @@ def retry_delay(attempt: int, *, base: float, cap: float, retry_after: float | N
 class Ledger:
     """The channel's delivery ledger (``<schema>.ledger``): one row per notification id and target."""
 
-    def __init__(self, schema: str, lease_seconds: float = 300.0) -> None:
+    def __init__(self, schema: str, lease_seconds: float = 60.0) -> None:
         self.table = f"{schema}.ledger"
         self.lease = timedelta(seconds=lease_seconds)
 
@@ -79,6 +79,15 @@ class Ledger:
             dispatch.recipient.user_id,
             self.lease,
         )
+
+    async def in_flight_until(self, *, conn: Any, notification_id: Any, target: str = "") -> datetime | None:
+        """When the lease of a delivery someone else has claimed runs out; None if it is finished."""
+        claimed_at = await conn.fetchval(
+            f"SELECT claimed_at FROM {self.table} WHERE notification_id = $1 AND target = $2 AND status = 'claimed'",
+            notification_id,
+            target,
+        )
+        return None if claimed_at is None else claimed_at + self.lease
 
     async def finish(
         self,
@@ -127,6 +136,7 @@ class SenderPipeline:
         self.max_attempts = max_attempts
         self.retry_base = retry_base_seconds
         self.retry_cap = retry_cap_seconds
+        self._in_flight: set[Any] = set()  # notification ids this process has claimed and not yet finished
 
     def routers(self) -> list[KafkaRouter]:
         """The FastStream routers: the normal lane, the priority lane and the retry topic."""
@@ -138,7 +148,13 @@ class SenderPipeline:
             (s.retry_topic(ch), f"{ch}-retry", "retry"),
         ]
         for topic, group, lane in lanes:
-            router.subscriber(topic, **subscriber_options(s, group), title=f"{ch}:{lane}")(self._handler(lane))
+            router.subscriber(
+                topic, **subscriber_options(s, group), title=f"{ch}:{lane}", description=f"Dispatches for the {ch} channel ({lane})"
+            )(self._handler(lane))
+        # Declared for the AsyncAPI document: what this sender writes.
+        router.publisher(s.status_topic, title=f"{ch}:writes:status", schema=DeliveryStatus, description="Every delivery outcome")
+        router.publisher(s.retry_topic(ch), title=f"{ch}:writes:retry", schema=Dispatch, description="Dispatches waiting for another attempt")
+        router.publisher(s.dlq_topic, title=f"{ch}:writes:dlq", schema=Dispatch, description="Dispatches that exhausted their retries, or unreadable bytes")
         return [router]
 
     def _handler(self, lane: str) -> Callable[..., Awaitable[None]]:
@@ -165,7 +181,7 @@ class SenderPipeline:
             dispatch = Dispatch.model_validate_json(record.value or b"")
         except ValidationError as exc:
             res.metrics.dead_lettered.labels(self.channel.value, "invalid_dispatch").inc()
-            log.warning("invalid dispatch at %s/%s@%s: %s", record.topic, record.partition, record.offset, exc.errors()[:3])
+            log.warning("invalid dispatch at %s/%s@%s: %s", record.topic, record.partition, record.offset, exc.errors(include_input=False, include_url=False)[:3])
             return [dead_letter(self.settings, record, stage=self.channel.value, reason="invalid_dispatch", error=str(exc))]
         event_id_var.set(dispatch.event_id)
         notification_id_var.set(str(dispatch.notification_id))
@@ -179,8 +195,24 @@ class SenderPipeline:
         """Claim, deliver and record one dispatch."""
         async with res.pool.acquire() as conn:
             attempts = await self.ledger.claim(conn=conn, dispatch=dispatch)
+            if attempts is not None:
+                self._in_flight.add(dispatch.notification_id)
+            lease_end = None
+            if attempts is None and dispatch.notification_id not in self._in_flight:
+                lease_end = await self.ledger.in_flight_until(conn=conn, notification_id=dispatch.notification_id)
+        if lease_end is not None:
+            # Claimed by a delivery that has not finished: maybe in flight elsewhere, maybe its
+            # process died mid-send. Look again when its lease runs out rather than drop it.
+            retry = dispatch.model_copy(update={"not_before": lease_end})
+            return [Outgoing(self.settings.retry_topic(self.channel.value), retry, key=dispatch.recipient.user_id)]
         if attempts is None:
             return [self._status(dispatch, DeliveryState.duplicate, res, reason="already_processed")]
+        try:
+            return await self._deliver(dispatch, res)
+        finally:
+            self._in_flight.discard(dispatch.notification_id)
+
+    async def _deliver(self, dispatch: Dispatch, res: Resources) -> list[Outgoing]:
         started = time.perf_counter()
         try:
             provider_id = await self.deliver(dispatch, res)

@@ -42,8 +42,11 @@ class HeraldSettings(BaseSettings):
     kafka_replication_factor: int = 1
     kafka_max_batch: int = 500
     kafka_batch_timeout_ms: int = 50
+    kafka_request_timeout_ms: int = 40_000  # a produce request (and a queued record) fails after this long
     kafka_group_prefix: str = "herald"
+    kafka_metadata_max_age_ms: int = 30_000  # how soon a new domain.<area> topic is picked up by the router
     kafka_topic_namespace: str = ""  # prefixed to every topic name (isolates tests, or tenants of one cluster)
+    consumer_lag_interval_seconds: float = 15.0  # how often a service measures its consumer groups' lag (0: never)
 
     topic_domain_prefix: str = "domain."
     topic_notify_prefix: str = "notify."

@@ -43,6 +43,7 @@ class Infra:
             "HERALD_KAFKA_SESSION_TIMEOUT_MS": "2000",
             "HERALD_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
             "HERALD_KAFKA_BATCH_TIMEOUT_MS": "20",
+            "HERALD_KAFKA_METADATA_MAX_AGE_MS": "1000",
             "HERALD_ENVIRONMENT": "test",
         }
 

@@ -1,17 +1,60 @@
-"""The sms service: `uvicorn --factory services.sms.app:create_app`.
+"""The sms service: ``uvicorn --factory services.sms.app:create_app``.
 
-Its channel sender is not built yet: the service runs with health, readiness
-and metrics only, and consumes nothing, so dispatches for it wait in
-`notify.sms` until it does.
+Consumes ``notify.sms`` (and its priority lane and ``retry.sms``) through the
+shared sender pipeline, sends through Twilio, takes Twilio's delivery receipts
+and runs phone verification.
 """
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI
 
-from shared import create_service
+from shared import MessageTemplates, RateLimiter, Resources, create_service
 
+from .api import api
+from .delivery import SmsDelivery
+from .handlers import build_routers
+from .providers.twilio import TwilioProvider
+from .repo import SmsLedger
 from .settings import Settings
+from .verification import PendingCodes
+
+TEMPLATES = Path(__file__).with_name("templates")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    return create_service(settings, title="Herald sms")
+    delivery = SmsDelivery(settings, MessageTemplates(TEMPLATES), SmsLedger())
+
+    @contextlib.asynccontextmanager
+    async def sms_resources(res: Resources) -> AsyncIterator[None]:
+        provider = TwilioProvider(settings)
+        res.extra.update(
+            provider=provider.name,
+            twilio=provider,
+            delivery=delivery,
+            limiter=RateLimiter(res.redis),
+            codes=PendingCodes(
+                res.redis,
+                prefix=settings.sms_redis_prefix,
+                secret=settings.code_key(),
+                ttl=settings.verify_code_ttl_seconds,
+            ),
+        )
+        try:
+            yield
+        finally:
+            await provider.close()
+
+    return create_service(
+        settings,
+        title="Herald sms",
+        description="Sends SMS through Twilio with exact per-user caps, takes delivery receipts, and verifies phone numbers.",
+        kafka_routers=build_routers(settings, delivery),
+        api=api,
+        hooks=[sms_resources],
+    )

@@ -1,6 +1,99 @@
-from shared import HeraldSettings
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from shared import CommaList, HeraldSettings, split_commas
+
+DEV_TWILIO_TOKEN = "sandbox-auth-token"
 
 
 class Settings(HeraldSettings):
+    """The SMS sender: Twilio, destinations, caps, and phone verification (``HERALD_*``)."""
+
     service_name: str = "sms"
     port: int = 8104
+
+    # Twilio (or the sandbox stand-in at the same API shape)
+    twilio_api_base: str = "http://127.0.0.1:8110"
+    twilio_account_sid: str = "AC00000000000000000000000000000000"
+    twilio_auth_token: SecretStr = SecretStr(DEV_TWILIO_TOKEN)
+    twilio_from: str = "+15005550006"
+    twilio_timeout_seconds: float = Field(default=10.0, gt=0)
+    twilio_status_callbacks: bool = True  # ask for delivery receipts at HERALD_PUBLIC_URL/v1/webhooks/twilio/status
+
+    # retries (through retry.sms, then dlq)
+    sms_max_attempts: int = Field(default=5, ge=1)
+    sms_retry_base_seconds: float = Field(default=1.0, gt=0)
+    sms_retry_cap_seconds: float = Field(default=120.0, gt=0)
+
+    # destinations and bodies
+    sms_allowed_countries: CommaList = Field(
+        default=["US", "CA", "GB", "IE", "DE", "AT", "CH", "FR", "NL", "BE", "LU", "ES", "PT", "IT", "DK", "SE", "NO", "FI", "PL", "AU", "NZ"]  # pydantic copies a list default per instance
+    )
+    sms_max_segments: int = Field(default=3, ge=1, le=10)
+    sms_price_default_usd: float = Field(default=0.05, ge=0)
+    sms_prices_usd: CommaList = Field(
+        default=["US=0.0083", "CA=0.0083", "GB=0.0524", "IE=0.0796", "DE=0.0919", "FR=0.0798", "NL=0.1094", "AU=0.0515"]
+    )
+
+    # caps (Redis, shared by every instance)
+    sms_daily_cap: int = Field(default=10, ge=0)  # SMS per user in any 24 hours, critical ones included
+    sms_daily_cap_critical: int = Field(default=20, ge=0)  # ceiling on critical SMS per user in any 24 hours
+    sms_provider_mps: int = Field(default=10, ge=1)  # messages per second to the provider, all instances together
+    sms_throttle_wait_seconds: float = Field(default=5.0, ge=0)  # longest wait for a provider slot before retrying later
+    sms_redis_prefix: str = "sms:"
+
+    # phone verification
+    verify_code_ttl_seconds: int = Field(default=600, ge=1)
+    verify_max_requests: int = Field(default=3, ge=1)
+    verify_window_seconds: int = Field(default=600, ge=1)
+    verify_cooldown_seconds: int = Field(default=60, ge=0)
+    verify_max_tries: int = Field(default=5, ge=1)
+    verify_code_secret: SecretStr | None = None  # key of the stored code hashes; unset: derived from the Twilio auth token
+
+    _split = field_validator("sms_allowed_countries", "sms_prices_usd", mode="before")(split_commas)
+
+    @field_validator("twilio_api_base")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("sms_allowed_countries")
+    @classmethod
+    def _upper(cls, value: list[str]) -> list[str]:
+        return [c.upper() for c in value]
+
+    @model_validator(mode="after")
+    def _real_secrets_in_production(self) -> Settings:
+        if self.environment == "production":
+            # Empty means SMS is not configured (sends fail and wait in dlq; callbacks are refused); a placeholder is a mistake.
+            if self.twilio_auth_token.get_secret_value().strip().lower() in {DEV_TWILIO_TOKEN, "replace_me", "changethis", "change-me"}:
+                raise ValueError("HERALD_TWILIO_AUTH_TOKEN is a placeholder; set the account's auth token in production")
+            secret = self.verify_code_secret.get_secret_value() if self.verify_code_secret else None
+            if secret and len(secret) < 32:
+                raise ValueError("HERALD_VERIFY_CODE_SECRET is shorter than 32 characters; set a real one or leave it unset")
+        return self
+
+    def price_table(self) -> dict[str, float]:
+        """``sms_prices_usd`` as ``{country: price per segment}``."""
+        table: dict[str, float] = {}
+        for entry in self.sms_prices_usd:
+            country, sep, price = entry.partition("=")
+            if not sep:
+                raise ValueError(f"HERALD_SMS_PRICES_USD entry {entry!r} is not of the form CC=price")
+            table[country.strip().upper()] = float(price)
+        return table
+
+    def code_key(self) -> bytes:
+        """The key of the stored verification-code hashes."""
+        if self.verify_code_secret is not None and self.verify_code_secret.get_secret_value():
+            return self.verify_code_secret.get_secret_value().encode()
+        token = self.twilio_auth_token.get_secret_value().encode()
+        return hmac.new(token, b"herald phone verification codes", hashlib.sha256).digest()
+
+    @property
+    def status_callback_url(self) -> str | None:
+        return f"{self.public_url}/v1/webhooks/twilio/status" if self.twilio_status_callbacks else None

@@ -23,3 +23,10 @@ def test_a_changed_model_is_detected(tmp_path):
         (tmp_path / relative).write_text(content)
     (tmp_path / "events" / "booking.created.json").write_text("{}\n")
     assert "events/booking.created.json" in [p for p in contract.differences(tmp_path) if p.startswith("events/")]
+
+
+def test_env_example_lists_every_setting_of_every_service():
+    text = (contract.SCHEMAS_DIR.parent / ".env.example").read_text()
+    listed = {line.lstrip("#").split("=", 1)[0] for line in text.splitlines() if line.lstrip("#").startswith("HERALD_")}
+    missing = set(contract.env_variables()) - listed
+    assert not missing, f".env.example lacks {sorted(missing)}; run `herald env-example > .env.example`"

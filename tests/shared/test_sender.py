@@ -140,3 +140,21 @@ async def test_a_malformed_dispatch_is_dead_lettered_and_consumption_goes_on(inf
         await eventually(lambda: asyncio.sleep(0, result=provider.calls == [good.notification_id]), what="the good dispatch sent")
     assert dead.value == b"{not json"
     assert dict(dead.headers)["herald-reason"] == b"invalid_dispatch"
+
+
+async def test_a_delivery_claimed_by_a_process_that_died_is_sent_after_its_lease(infra, sender, db, ledger_schema):
+    provider = ScriptedProvider()
+    settings, app = await sender(provider)
+    d = dispatch()
+    # A previous consumer claimed it, then died before recording the outcome; its offset was never committed.
+    await db.execute(
+        f"INSERT INTO {ledger_schema}.ledger (notification_id, event_id, event_type, user_id, status, claimed_at) "
+        "VALUES ($1, 'e1', 'booking.created', 'u1', 'claimed', now() - interval '59 seconds')",
+        d.notification_id,
+    )
+    async with app:
+        await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode())
+        found = await statuses(infra, settings, 1)
+    assert found[0]["status"] == "sent"
+    assert provider.calls == [d.notification_id]
+    assert await db.fetchval(f"SELECT attempts FROM {ledger_schema}.ledger WHERE notification_id = $1", d.notification_id) == 2
