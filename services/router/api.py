@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from shared import AppResources, ServiceName, UserId
@@ -17,7 +17,18 @@ from .directory import recipients_of
 
 api = APIRouter(prefix="/v1")
 
-UserPath = Annotated[str, Path(min_length=1, max_length=256, description="A user id of the host application")]
+_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+UserPath = Annotated[str, Path(min_length=1, max_length=256, pattern=_PRINTABLE, description="A user id of the host application")]
+
+
+def _own_user(user_id: UserId) -> str:
+    if not logic.printable(user_id):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="invalid token: sub may not contain control characters", headers={"WWW-Authenticate": "Bearer"})
+    return user_id
+
+
+#: The authenticated end user (a JWT whose ``sub`` is a usable user id).
+OwnUser = Annotated[str, Depends(_own_user)]
 
 
 # ---------------------------------------------------------------------------- recipients
@@ -120,12 +131,12 @@ _PATCH_RESPONSES: dict[int | str, dict[str, Any]] = {422: {"description": "Unkno
 
 
 @api.get("/preferences", tags=["preferences"], summary="The authenticated user's preferences (every category × channel)")
-async def get_my_preferences(user_id: UserId, request: Request, res: AppResources) -> Preferences:
+async def get_my_preferences(user_id: OwnUser, request: Request, res: AppResources) -> Preferences:
     return await _matrix(res, _catalogue(request), user_id)
 
 
 @api.patch("/preferences", tags=["preferences"], summary="Change the authenticated user's preferences", responses=_PATCH_RESPONSES)
-async def patch_my_preferences(body: PreferencesPatch, user_id: UserId, request: Request, res: AppResources) -> Preferences:
+async def patch_my_preferences(body: PreferencesPatch, user_id: OwnUser, request: Request, res: AppResources) -> Preferences:
     return await _patch(res, _catalogue(request), user_id, body)
 
 
@@ -192,7 +203,7 @@ async def _trace(res: Any, decisions: list[dict[str, Any]]) -> Trace:
     summary="What the router decided for every recipient × channel of an event, and what the senders did (service API key)",
     responses={404: {"description": "The router has no record of the event"}},
 )
-async def event_trace(event_id: Annotated[str, Path(min_length=1, max_length=256)], caller: ServiceName, res: AppResources) -> Trace:
+async def event_trace(event_id: Annotated[str, Path(min_length=1, max_length=256, pattern=_PRINTABLE)], caller: ServiceName, res: AppResources) -> Trace:
     async with res.pool.acquire() as conn:
         decisions = await repo.event_decisions(conn=conn, event_id=event_id)
     if not decisions:

@@ -50,8 +50,10 @@ def statuses_of(records: list[ConsumerRecord], res: Resources, settings: Setting
     dead: list[Outgoing] = []
     for record in records:
         try:
+            if b"\\u0000" in (record.value or b""):
+                raise ValueError("a status may not contain NUL characters")
             status = DeliveryStatus.model_validate_json(record.value or b"")
-        except ValidationError as exc:
+        except (ValidationError, ValueError) as exc:
             res.metrics.dead_lettered.labels("router-status", "invalid_status").inc()
             log.warning("invalid status at %s/%s@%s", record.topic, record.partition, record.offset)
             dead.append(dead_letter(settings, record, stage="router-status", reason="invalid_status", error=str(exc)))

@@ -27,6 +27,7 @@ REASONS = ("user_deleted", "preference_off", "no_address", "phone_unverified")
 
 Preferences = Mapping[tuple[str, str], bool]
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LOCALE = re.compile(r"^[a-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")
 
 
@@ -96,9 +97,17 @@ def parse_event(raw: bytes | None) -> CloudEvent:
     if not isinstance(document, dict):
         raise InvalidMessage("not_cloudevent", "the event is not a JSON object")
     try:
-        return CloudEvent.model_validate(document)
+        event = CloudEvent.model_validate(document)
     except ValidationError as exc:
         raise InvalidMessage("not_cloudevent", _summary(exc)) from None
+    if any(not printable(v) for v in (event.id, event.source, event.type)):
+        raise InvalidMessage("not_cloudevent", "id, source and type may not contain control characters")
+    return event
+
+
+def printable(value: str) -> bool:
+    """No control characters (PostgreSQL text cannot even hold NUL)."""
+    return not _CONTROL.search(value)
 
 
 def validate_data(event: CloudEvent) -> dict[str, Any]:
@@ -116,8 +125,10 @@ def recipients_of(notification: Notification, data: dict[str, Any]) -> list[str]
     if value in (None, [], "") and notification.broadcast:
         return None
     if isinstance(value, str) and value:
-        return [value]
+        value = [value]
     if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        if not all(printable(v) for v in value):
+            raise InvalidMessage("invalid_data", f"data.{notification.recipients}: a user id may not contain control characters")
         return list(dict.fromkeys(value))
     raise InvalidMessage("missing_recipients", f"data.{notification.recipients} must name the recipient(s)")
 

@@ -126,6 +126,8 @@ class BatchRouter:
         raw = item.event.data if isinstance(item.event.data, dict) else {}
         fields = {k: item.data[k] for k in _DIRECTORY_FIELDS if k in raw}
         try:
+            if not logic.printable(item.data["user_id"]):
+                raise InvalidMessage("invalid_data", "data.user_id: a user id may not contain control characters")
             outcome = await recipients_of(res).apply_event(item.event.type, item.data["user_id"], fields)
             log.info("directory %s for user %s by %s", outcome, item.data["user_id"], item.event.type)
         except InvalidMessage as exc:

@@ -240,3 +240,13 @@ def test_the_service_refuses_to_start_with_a_bad_catalogue(tmp_path):
     path.write_text("message.received:\n  - {template: t, category: messages, channels: [email, telegraph], recipients: recipient_id}\n")
     with pytest.raises(CatalogueError, match="telegraph"):
         create_app(Settings(catalogue_path=path))
+
+
+def test_ids_with_control_characters_are_invalid():
+    with pytest.raises(InvalidMessage) as bad_id:
+        logic.parse_event(b'{"specversion": "1.0", "id": "e\\u0000", "source": "s", "type": "payout.paid"}')
+    assert bad_id.value.reason == "not_cloudevent"
+    notification = CATALOGUE.get("hall.alert")[0]
+    with pytest.raises(InvalidMessage) as bad_user:
+        logic.recipients_of(notification, {"admin_ids": ["u_1", "u\x00"]})
+    assert bad_user.value.reason == "invalid_data"

@@ -91,3 +91,13 @@ async def test_a_user_token_cannot_read_or_change_another_users_preferences(rout
     assert (await router.client.get("/v1/preferences")).status_code == 401
     assert (await router.client.get("/v1/preferences", headers={"Authorization": "Bearer not-a-token"})).status_code == 401
     assert (await router.client.get(f"/v1/users/{bob}/preferences", headers={"Authorization": "ApiKey wrong"})).status_code == 401
+
+
+async def test_ids_with_control_characters_are_refused_not_a_server_error(router):
+    from ..support import user_token
+
+    for method, path in [("GET", "/v1/users/a%00b/preferences"), ("GET", "/v1/users/a%0Ab/trace"), ("GET", "/v1/events/e%00/trace")]:
+        assert (await router.client.request(method, path, headers=router.key)).status_code == 422, path
+    assert (await router.client.put("/v1/recipients/a%00b", json={"email": "a@example.com"}, headers=router.key)).status_code == 422
+    response = await router.client.get("/v1/preferences", headers={"Authorization": f"Bearer {user_token(router.settings, 'a' + chr(0) + 'b')}"})
+    assert response.status_code == 401 and "control characters" in response.json()["detail"]
