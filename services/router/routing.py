@@ -92,6 +92,7 @@ class BatchRouter:
                     elif item.event is not None and item.notifications:
                         targeted = {n: users for n, users in item.recipients.items() if users is not None}
                         self.collect(item, list(targeted), targeted, profiles, chunk)
+                        chunk.events[item.event.type] += 1
                 chunk.count(res)
                 dispatches += chunk.out
                 await in_flight.acquire()
@@ -155,7 +156,6 @@ class BatchRouter:
             else:
                 chunk.dispatches[(decision.channel.value, lane, "suppressed", decision.reason)] += 1
         chunk.trace += logic.trace_rows(event, decisions)
-        chunk.events[event.type] += 1
 
     async def broadcast(self, item: Item, notification: Notification, res: Resources) -> None:
         """A notification to every user not deleted, a page of the directory at a time."""
