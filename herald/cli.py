@@ -119,6 +119,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = HeraldSettings()
     env = dict(os.environ)
     env.setdefault("HERALD_PUSH_DEV_HOSTS", f"127.0.0.1:{port_of(SANDBOX, env)}")
+    # Email: the sandbox's SMTP server and Resend stand-in, and unsubscribe links that reach this email service.
+    env.setdefault("HERALD_SMTP_PORT", env.get("HERALD_SANDBOX_SMTP_PORT", "2525"))
+    env.setdefault("HERALD_RESEND_API_BASE", f"http://127.0.0.1:{port_of(SANDBOX, env)}")
+    email = next(spec for spec in SERVICES if spec.name == "email")
+    env.setdefault("HERALD_UNSUBSCRIBE_URL", f"http://127.0.0.1:{port_of(email, env)}/v1/unsubscribe")
     if not env.get("HERALD_VAPID_PRIVATE_KEY"):
         env["HERALD_VAPID_PRIVATE_KEY"] = dev_vapid_private_key()
     stack = Stack(env=env, log_dir=RUN_DIR / "logs")

@@ -34,7 +34,7 @@ def _vapid_key() -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-REQUIRED = {"HERALD_VAPID_PRIVATE_KEY": _vapid_key(), "POSTGRES_PASSWORD": "pg-secret", "HERALD_JWT_SECRET": "x" * 40, "HERALD_API_KEYS": "shop=0123456789abcdef", "GRAFANA_ADMIN_PASSWORD": "g"}
+REQUIRED = {"HERALD_VAPID_PRIVATE_KEY": _vapid_key(), "HERALD_UNSUBSCRIBE_SECRET": "u" * 40, "POSTGRES_PASSWORD": "pg-secret", "HERALD_JWT_SECRET": "x" * 40, "HERALD_API_KEYS": "shop=0123456789abcdef", "GRAFANA_ADMIN_PASSWORD": "g"}
 
 
 def settings_class(name: str) -> type[HeraldSettings]:

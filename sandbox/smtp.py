@@ -1,0 +1,106 @@
+"""An SMTP server (aiosmtpd) standing in for the mail relay.
+
+Listens on ``HERALD_SANDBOX_SMTP_PORT`` (default 2525) on loopback, keeps every
+message it accepts in the store (provider ``smtp``) and answers faults injected
+with ``POST /api/faults {"provider": "smtp", "status": 451}``: the status is the
+SMTP reply code (4xx temporary, 5xx permanent), 0 hangs until the client gives
+up. ``HERALD_SANDBOX_SMTP_DELAY_MS`` (or ``PUT /api/smtp/delay``) makes every
+answer slow, like a busy relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import email.policy
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from .store import Received, Store
+
+PROVIDER = "smtp"
+_HANG_SECONDS = 120.0
+_REASONS = {421: "Service not available", 450: "Mailbox busy", 451: "Local error in processing", 452: "Insufficient storage",
+            550: "Mailbox unavailable", 552: "Exceeded storage allocation", 553: "Mailbox name not allowed", 554: "Transaction failed"}
+
+# aiosmtpd logs every SMTP command, addresses included, at INFO.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+delay = {"seconds": float(os.environ.get("HERALD_SANDBOX_SMTP_DELAY_MS", "0")) / 1000}
+router = APIRouter(tags=["smtp"])
+
+
+class Delay(BaseModel):
+    ms: int = Field(ge=0, le=60_000)
+
+
+@router.put("/api/smtp/delay", status_code=204, summary="Answer every SMTP message after this many milliseconds")
+async def set_delay(body: Delay) -> None:
+    delay["seconds"] = body.ms / 1000
+
+
+def received(envelope: Any) -> Received:
+    """What the page shows about one accepted message."""
+    raw = envelope.original_content or envelope.content
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    text = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    return Received(
+        provider=PROVIDER,
+        to=", ".join(envelope.rcpt_tos),
+        subject=str(message.get("Subject", "")),
+        text=text.get_content() if text is not None else "",
+        html=html.get_content() if html is not None else "",
+        meta={
+            "mail_from": envelope.mail_from,
+            "rcpt_tos": list(envelope.rcpt_tos),
+            "headers": [[name, str(value)] for name, value in message.items()],
+        },
+    )
+
+
+async def _hang(server: Any) -> None:
+    """Answer nothing until the client gives up (or two minutes pass)."""
+    for _ in range(int(_HANG_SECONDS * 10)):
+        transport = getattr(server, "transport", None)
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(0.1)
+
+
+class Handler:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's hook name
+        if delay["seconds"]:
+            await asyncio.sleep(delay["seconds"])
+        fault = self.store.take_fault(PROVIDER)
+        if fault is not None:
+            if fault.status == 0:
+                await _hang(server)
+            code = fault.status if 400 <= fault.status < 600 else 451
+            return f"{code} {_REASONS.get(code, 'Injected fault')}"
+        self.store.add(received(envelope))
+        return "250 Message accepted for delivery"
+
+
+def port() -> int:
+    return int(os.environ.get("HERALD_SANDBOX_SMTP_PORT", "2525"))
+
+
+@contextlib.asynccontextmanager
+async def lifespan(store: Store) -> AsyncIterator[None]:
+    controller = Controller(Handler(store), hostname="127.0.0.1", port=port(), server_hostname="herald-sandbox", enable_SMTPUTF8=True)
+    await asyncio.to_thread(controller.start)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(controller.stop)

@@ -1,0 +1,128 @@
+"""Pure decisions of the email sender: unsubscribe tokens, provider answers, links and header text."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import jwt
+from pydantic import ValidationError
+
+from shared import Category, PermanentError, TransientError
+from shared.events import EVENT_MODELS
+
+#: Categories whose mail carries RFC 8058 one-click unsubscribe.
+UNSUBSCRIBABLE = frozenset({Category.promotional, Category.learning_tips})
+
+_TOKEN_AUDIENCE = "herald-unsubscribe"
+_WHITESPACE = re.compile(r"\s+")
+
+
+class InvalidToken(ValueError):
+    """An unsubscribe token that is forged, expired or malformed."""
+
+
+def one_line(text: str) -> str:
+    """Text safe for a header value: every run of whitespace, CR and LF included, becomes one space."""
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def unsubscribable(category: Category) -> bool:
+    """Does mail of this category carry one-click unsubscribe?"""
+    return category in UNSUBSCRIBABLE
+
+
+def unsubscribe_token(*, secret: str, user_id: str, category: Category, now: datetime, ttl: timedelta) -> str:
+    """A signed token that switches ``category`` email off for ``user_id`` until ``now + ttl``."""
+    claims = {"sub": user_id, "cat": category.value, "aud": _TOKEN_AUDIENCE, "iat": int(now.timestamp()), "exp": int((now + ttl).timestamp())}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def read_unsubscribe_token(*, secret: str, token: str, now: datetime | None = None) -> tuple[str, Category]:
+    """The user id and category a token names; raises ``InvalidToken`` if it is forged, expired or malformed."""
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            audience=_TOKEN_AUDIENCE,
+            options={"require": ["exp", "sub", "aud", "cat"], "verify_iat": False},
+            leeway=0,
+        )
+        if now is not None and claims["exp"] <= now.timestamp():
+            raise jwt.ExpiredSignatureError("token expired")
+        category = Category(claims["cat"])
+    except (jwt.InvalidTokenError, ValueError) as exc:
+        raise InvalidToken(str(exc) or type(exc).__name__) from None
+    if not unsubscribable(category) or not isinstance(claims["sub"], str) or not claims["sub"]:
+        raise InvalidToken("token does not name a user and an unsubscribable category")
+    return claims["sub"], category
+
+
+def preference_patch(category: Category) -> dict[str, Any]:
+    """The router's preference update that switches one category's email off."""
+    return {"preferences": [{"category": category.value, "channel": "email", "enabled": False}]}
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+
+
+def http_failure(status: int, *, retry_after: str | None = None, detail: str = "") -> TransientError | PermanentError:
+    """What an HTTP provider's non-2xx answer means: 408, 429 and 5xx are worth retrying, other 4xx are not."""
+    if status == 429 or status == 408 or status >= 500:
+        return TransientError(f"http_{status}", detail, retry_after=parse_retry_after(retry_after))
+    return PermanentError(f"http_{status}", detail)
+
+
+def smtp_failure(code: int, *, detail: str = "") -> TransientError | PermanentError:
+    """What an SMTP reply code means: 4xx is a temporary failure (retry), 5xx a permanent one."""
+    if 400 <= code < 500:
+        return TransientError(f"smtp_{code}", detail)
+    if code >= 500:
+        return PermanentError(f"smtp_{code}", detail)
+    return TransientError("smtp_error", f"{code} {detail}".strip())
+
+
+def absolute_url(frontend_url: str, url: str | None) -> str:
+    """An absolute link: ``url`` as it is when absolute, else joined to the front-end's base URL."""
+    if url and re.match(r"^https?://", url):
+        return url
+    path = url or "/"
+    return frontend_url.rstrip("/") + ("" if path.startswith("/") else "/") + path
+
+
+def format_money(amount: int, currency: str) -> str:
+    """Minor units as ``12.34 EUR``."""
+    return f"{amount / 100:,.2f} {currency.upper()}"
+
+
+def event_data(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    """An event's data with every field of its type's model present (defaults filled); unknown types as they are."""
+    model = EVENT_MODELS.get(event_type)
+    if model is None:
+        return dict(data)
+    try:
+        return model.model_validate(data).model_dump(mode="json")
+    except ValidationError as exc:
+        raise PermanentError("invalid_data", "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])) from None
+
+
+def unsubscribe_link(base: str, token: str) -> str:
+    """The one-click unsubscribe URL carrying ``token``."""
+    return f"{base}?{urlencode({'token': token})}"

@@ -1,0 +1,88 @@
+"""SMTP relay through aiosmtplib, with a small pool of open connections."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from email.message import EmailMessage
+
+import aiosmtplib
+
+from shared import TransientError
+
+from ..logic import smtp_failure
+from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class SmtpProvider:
+    """Sends over up to ``smtp_pool_size`` connections, reusing idle ones (one transaction at a time each)."""
+
+    name = "smtp"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._slots = asyncio.Semaphore(settings.smtp_pool_size)
+
+    def _client(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        return aiosmtplib.SMTP(
+            hostname=s.smtp_host,
+            port=s.smtp_port,
+            timeout=s.smtp_timeout_seconds,
+            use_tls=s.smtp_use_tls,
+            start_tls=s.smtp_starttls,
+            cert_bundle=s.smtp_ca_file,
+            username=s.smtp_username,
+            password=s.smtp_password.get_secret_value() if s.smtp_password else None,
+        )
+
+    async def send(self, message: EmailMessage, *, idempotency_key: str) -> str:
+        async with self._slots:
+            reused = bool(self._idle)
+            client = self._idle.pop() if reused else self._client()
+            try:
+                await self._send(client, message)
+            except aiosmtplib.SMTPServerDisconnected:
+                client.close()
+                if not reused:
+                    raise TransientError("smtp_disconnected") from None
+                # An idle connection the relay had closed: nothing was sent on it, try a fresh one once.
+                client = self._client()
+                try:
+                    await self._send(client, message)
+                except BaseException:
+                    client.close()
+                    raise
+            except BaseException:
+                client.close()
+                raise
+            self._idle.append(client)
+        return str(message["Message-ID"])
+
+    async def _send(self, client: aiosmtplib.SMTP, message: EmailMessage) -> None:
+        try:
+            if not client.is_connected:
+                await client.connect()
+            await client.send_message(message)
+        except aiosmtplib.SMTPServerDisconnected:
+            raise
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refused = exc.recipients[0] if exc.recipients else None
+            raise smtp_failure(refused.code if refused else 550, detail=refused.message if refused else str(exc)) from None
+        except aiosmtplib.SMTPResponseException as exc:
+            raise smtp_failure(exc.code, detail=exc.message) from None
+        except aiosmtplib.SMTPTimeoutError as exc:
+            raise TransientError("timeout", str(exc)) from None
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise TransientError("smtp_connection", f"{type(exc).__name__}: {exc}") from None
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        for client in idle:
+            try:
+                await asyncio.wait_for(client.quit(), timeout=2)
+            except Exception:  # closing anyway
+                client.close()

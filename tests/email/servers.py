@@ -1,0 +1,74 @@
+"""Real HTTP servers for the email tests: an ASGI app served by uvicorn in a thread, on a free port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from herald.infra import free_port
+
+
+@contextlib.contextmanager
+def serve(app: Any, *, timeout: float = 30.0) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 until the block ends; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"server on port {port} did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=timeout)
+
+
+@contextlib.contextmanager
+def sandbox_server() -> Iterator[tuple[str, int]]:
+    """The sandbox app (provider stand-ins) on free ports: its HTTP base URL and its SMTP port."""
+    from sandbox.app import create_app
+
+    smtp_port = free_port()
+    previous = os.environ.get("HERALD_SANDBOX_SMTP_PORT")
+    os.environ["HERALD_SANDBOX_SMTP_PORT"] = str(smtp_port)
+    try:
+        with serve(create_app()) as url:
+            yield url, smtp_port
+    finally:
+        if previous is None:
+            os.environ.pop("HERALD_SANDBOX_SMTP_PORT", None)
+        else:
+            os.environ["HERALD_SANDBOX_SMTP_PORT"] = previous
+
+
+@dataclass
+class RecordingRouter:
+    """A stand-in for the router's preference API that records every request."""
+
+    status: int = 200
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.patch("/v1/users/{user_id}/preferences")
+        async def patch(user_id: str, request: Request) -> JSONResponse:
+            self.requests.append(
+                {"user_id": user_id, "path": request.scope["raw_path"].decode(), "body": await request.json(), "authorization": request.headers.get("authorization")}
+            )
+            return JSONResponse({"preferences": []}, status_code=self.status)
+
+        return app

@@ -1,0 +1,138 @@
+"""Pure decisions of the email sender."""
+
+from datetime import UTC, datetime, timedelta
+
+import jwt
+import pytest
+
+from services.email.logic import (
+    InvalidToken,
+    absolute_url,
+    event_data,
+    format_money,
+    http_failure,
+    one_line,
+    parse_retry_after,
+    preference_patch,
+    read_unsubscribe_token,
+    smtp_failure,
+    unsubscribable,
+    unsubscribe_link,
+    unsubscribe_token,
+)
+from services.email.settings import Settings
+from shared import Category, PermanentError, TransientError
+
+SECRET = "a-test-unsubscribe-secret-long-enough-for-every-hmac-algorithm-0123456789"
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def test_one_line_removes_every_line_break():
+    assert one_line("Hello\r\nBcc: evil@example.com\n\tthere  ") == "Hello Bcc: evil@example.com there"
+
+
+def test_only_promotional_and_tips_mail_is_unsubscribable():
+    assert {c for c in Category if unsubscribable(c)} == {Category.promotional, Category.learning_tips}
+
+
+def test_an_unsubscribe_token_names_its_user_and_category():
+    token = unsubscribe_token(secret=SECRET, user_id="u_1", category=Category.promotional, now=NOW, ttl=timedelta(days=1))
+    assert read_unsubscribe_token(secret=SECRET, token=token, now=NOW + timedelta(hours=23)) == ("u_1", Category.promotional)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        unsubscribe_token(secret="another-secret-another-secret-xx", user_id="u_1", category=Category.promotional, now=NOW, ttl=timedelta(days=1)),
+        "not-a-token",
+        "",
+        jwt.encode({"sub": "u_1", "cat": "promotional", "aud": "herald", "exp": 4102444800}, SECRET, algorithm="HS256"),
+        jwt.encode({"sub": "u_1", "cat": "security", "aud": "herald-unsubscribe", "exp": 4102444800}, SECRET, algorithm="HS256"),
+        jwt.encode({"sub": "u_1", "cat": "promotional", "aud": "herald-unsubscribe", "exp": 4102444800}, SECRET, algorithm="HS512"),
+        jwt.encode({"sub": "u_1", "cat": "promotional", "aud": "herald-unsubscribe"}, SECRET, algorithm="HS256"),
+    ],
+    ids=["forged", "garbage", "empty", "wrong-audience", "not-switchable", "other-algorithm", "no-expiry"],
+)
+def test_a_bad_unsubscribe_token_is_refused(token):
+    with pytest.raises(InvalidToken):
+        read_unsubscribe_token(secret=SECRET, token=token)
+
+
+def test_an_expired_unsubscribe_token_is_refused():
+    token = unsubscribe_token(secret=SECRET, user_id="u_1", category=Category.learning_tips, now=NOW, ttl=timedelta(days=1))
+    with pytest.raises(InvalidToken):
+        read_unsubscribe_token(secret=SECRET, token=token, now=NOW + timedelta(days=1, seconds=1))
+    old = unsubscribe_token(secret=SECRET, user_id="u_1", category=Category.learning_tips, now=datetime.now(UTC) - timedelta(days=2), ttl=timedelta(days=1))
+    with pytest.raises(InvalidToken):
+        read_unsubscribe_token(secret=SECRET, token=old)
+
+
+def test_a_tampered_unsubscribe_token_is_refused():
+    token = unsubscribe_token(secret=SECRET, user_id="u_1", category=Category.promotional, now=NOW, ttl=timedelta(days=1))
+    header, payload, signature = token.split(".")
+    other = unsubscribe_token(secret=SECRET, user_id="u_2", category=Category.promotional, now=NOW, ttl=timedelta(days=1)).split(".")[1]
+    with pytest.raises(InvalidToken):
+        read_unsubscribe_token(secret=SECRET, token=f"{header}.{other}.{signature}", now=NOW)
+
+
+def test_the_preference_change_switches_one_category_off_for_email():
+    assert preference_patch(Category.promotional) == {"preferences": [{"category": "promotional", "channel": "email", "enabled": False}]}
+
+
+def test_the_unsubscribe_link_carries_the_token_url_encoded():
+    assert unsubscribe_link("https://h.example/v1/unsubscribe", "a.b+c") == "https://h.example/v1/unsubscribe?token=a.b%2Bc"
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+def test_http_answers_worth_retrying(status):
+    assert isinstance(http_failure(status), TransientError)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422])
+def test_http_answers_not_worth_retrying(status):
+    error = http_failure(status)
+    assert isinstance(error, PermanentError) and error.reason == f"http_{status}"
+
+
+def test_retry_after_is_honoured_in_seconds_or_as_a_date():
+    assert http_failure(429, retry_after="7").retry_after == 7.0
+    assert parse_retry_after("Wed, 25 Nov 2026 12:00:30 GMT", now=NOW) == 30.0
+    assert parse_retry_after("Wed, 25 Nov 2026 11:00:00 GMT", now=NOW) == 0.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+
+
+def test_smtp_codes_4xx_are_temporary_and_5xx_permanent():
+    assert isinstance(smtp_failure(451), TransientError) and isinstance(smtp_failure(421), TransientError)
+    assert isinstance(smtp_failure(550), PermanentError) and smtp_failure(553).reason == "smtp_553"
+
+
+def test_links_are_made_absolute_from_the_front_end():
+    assert absolute_url("http://localhost:3000", "/bookings/1") == "http://localhost:3000/bookings/1"
+    assert absolute_url("http://localhost:3000/", "offers") == "http://localhost:3000/offers"
+    assert absolute_url("http://localhost:3000", None) == "http://localhost:3000/"
+    assert absolute_url("http://localhost:3000", "https://app.example/x") == "https://app.example/x"
+
+
+def test_money_is_shown_in_major_units():
+    assert format_money(123456, "eur") == "1,234.56 EUR"
+
+
+def test_event_data_gets_every_field_of_its_model():
+    data = event_data("booking.cancelled", {"booking_id": "b", "student_id": "s", "instructor_id": "i", "title": "T", "starts_at": "2026-12-01T15:00:00Z"})
+    assert data["reason"] is None and data["location"] is None
+    with pytest.raises(PermanentError):
+        event_data("booking.cancelled", {"title": "T"})
+
+
+def test_production_refuses_a_placeholder_unsubscribe_secret():
+    real = {"environment": "production", "jwt_secret": "x" * 40, "api_keys": "router=" + "k" * 40}
+    with pytest.raises(ValueError, match="UNSUBSCRIBE_SECRET"):
+        Settings(**real)
+    with pytest.raises(ValueError, match="UNSUBSCRIBE_SECRET"):
+        Settings(**real, unsubscribe_secret="short")
+    assert Settings(**real, unsubscribe_secret="s" * 40).unsubscribe_secret.get_secret_value() == "s" * 40
+
+
+def test_the_router_key_defaults_to_the_first_service_key():
+    assert Settings(api_keys="email=abc,other=def").router_key() == "abc"
+    assert Settings(api_keys="email=abc", router_api_key="xyz").router_key() == "xyz"

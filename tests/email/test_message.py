@@ -1,0 +1,67 @@
+"""Building the MIME message: headers through the email library, never by concatenation."""
+
+import email
+import email.policy
+import uuid
+
+import pytest
+
+from services.email.compose import Rendered, build_message
+from services.email.providers.resend import payload
+
+NID = uuid.UUID("6f1f3c2e-6a43-5d4e-9c61-8a3b2f0e7d11")
+RENDERED = Rendered(subject="Hello", html="<p>Hi</p>", text="Hi\n")
+
+
+def build(**overrides):
+    options = dict(to="ada@example.com", sender="notifications@herald.example", sender_name="Herald", notification_id=NID)
+    options.update(overrides)
+    return build_message(overrides.pop("rendered", RENDERED), **{k: v for k, v in options.items() if k != "rendered"})
+
+
+def test_a_message_has_both_parts_and_the_usual_headers():
+    message = build(reply_to="help@herald.example")
+    parsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+    assert parsed["From"] == "Herald <notifications@herald.example>" and parsed["To"] == "ada@example.com"
+    assert parsed["Reply-To"] == "help@herald.example" and parsed["Subject"] == "Hello"
+    assert parsed["Message-ID"].endswith("@herald.example>") and parsed["X-Herald-Notification-Id"] == str(NID)
+    assert parsed.get_body(("plain",)).get_content() == "Hi\n" and "<p>Hi</p>" in parsed.get_body(("html",)).get_content()
+    assert parsed["List-Unsubscribe"] is None
+
+
+def test_one_click_unsubscribe_headers_follow_rfc_8058():
+    message = build(unsubscribe_url="https://herald.example/v1/unsubscribe?token=abc")
+    assert message["List-Unsubscribe"] == "<https://herald.example/v1/unsubscribe?token=abc>"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+def test_line_breaks_in_the_subject_or_sender_name_cannot_add_a_header():
+    message = build(rendered=Rendered(subject="Hi\r\nBcc: evil@example.com", html="<p/>", text="x"), sender_name="Herald\r\nBcc: evil@example.com")
+    raw = message.as_bytes()
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert parsed["Bcc"] is None and b"\r\nBcc:" not in raw and b"\nBcc:" not in raw
+    assert parsed["Subject"] == "Hi Bcc: evil@example.com"
+
+
+@pytest.mark.parametrize("address", ["ada@example.com\r\nBcc: evil@example.com", "ada@example.com, evil@example.com", "not-an-address", "a b@example.com"])
+def test_a_recipient_that_is_not_one_plain_mailbox_is_refused(address):
+    with pytest.raises(ValueError):
+        build(to=address)
+
+
+def test_the_resend_payload_carries_the_same_message():
+    body = payload(build(unsubscribe_url="https://herald.example/u?token=abc"))
+    assert body["from"] == "Herald <notifications@herald.example>" and body["to"] == ["ada@example.com"]
+    assert body["subject"] == "Hello" and body["text"] == "Hi\n" and "<p>Hi</p>" in body["html"]
+    assert body["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert body["headers"]["X-Herald-Notification-Id"] == str(NID)
+
+
+def test_the_message_policy_itself_refuses_a_header_with_a_line_break():
+    from email.message import EmailMessage
+
+    from services.email.compose import POLICY
+
+    message = EmailMessage(policy=POLICY)
+    with pytest.raises(ValueError, match="linefeed or carriage return"):
+        message["Subject"] = "Hi\r\nBcc: evil@example.com"
