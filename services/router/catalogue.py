@@ -70,6 +70,9 @@ def load_catalogue(path: Path = DEFAULT_PATH) -> Catalogue:
         try:
             entries[event_type] = tuple(Notification.model_validate(n) for n in notifications or [])
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" + (f", not {e['input']!r}" if isinstance(e.get("input"), str | int | bool) else "")
+                for e in exc.errors()
+            )
             raise CatalogueError(f"{path}: entry {event_type!r} is invalid: {problems}") from None
     return Catalogue(entries=entries)

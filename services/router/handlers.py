@@ -1,17 +1,20 @@
-"""Kafka subscribers of the router: domain events in, dispatches out."""
+"""Kafka subscribers of the router: domain events in, dispatches out; sender outcomes into the trace."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
+from pydantic import ValidationError
 
-from shared import InvalidMessage, KafkaResources, Outgoing, Resources, dead_letter, event_id_var, publish_many, subscriber_options
+from shared import DeliveryStatus, KafkaResources, Outgoing, Resources, dead_letter, publish_many, subscriber_options
 
-from . import logic
+from . import repo
 from .catalogue import Catalogue
+from .routing import BatchRouter
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -19,44 +22,53 @@ log = logging.getLogger(__name__)
 
 def build_router(settings: Settings, catalogue: Catalogue) -> KafkaRouter:
     router = KafkaRouter()
+    batches = BatchRouter(settings, catalogue)
 
-    @router.subscriber(pattern=settings.domain_pattern(), **subscriber_options(settings, "router"), title="router:domain")
+    @router.subscriber(
+        pattern=settings.domain_pattern(),
+        **subscriber_options(settings, "router"),
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        title="router:domain",
+    )
     async def on_domain_events(_: None, msg: KafkaMessage, res: KafkaResources) -> None:
-        outgoing: list[Outgoing] = []
-        for record in msg.raw_message:
-            outgoing += route_record(record, res, settings, catalogue)
-        await publish_many(res.broker, outgoing)
+        await batches.handle(list(msg.raw_message), res)
+
+    @router.subscriber(settings.status_topic, **subscriber_options(settings, "router-status"), title="router:status")
+    async def on_delivery_statuses(_: None, msg: KafkaMessage, res: KafkaResources) -> None:
+        rows, dead = statuses_of(list(msg.raw_message), res, settings)
+        if rows:
+            async with res.pool.acquire() as conn:
+                await repo.record_deliveries(conn=conn, rows=rows)
+        await publish_many(res.broker, dead)
 
     return router
 
 
-def route_record(record: ConsumerRecord, res: Resources, settings: Settings, catalogue: Catalogue) -> list[Outgoing]:
-    """Turn one domain-event record into the messages it causes (dispatches, or a dead letter)."""
-    try:
-        event = logic.parse_event(record.value)
-        event_id_var.set(event.id)
-        notifications = catalogue.get(event.type)
-        if notifications is None:
-            res.metrics.events.labels("unknown", "skipped").inc()
-            log.info("skipped event of unknown type %r", event.type)
-            return []
-        data = logic.validate_data(event)
-        out: list[Outgoing] = []
-        for notification in notifications:
-            users = logic.recipients_of(notification, data) or []
-            for user_id in users:
-                contact = logic.Contact(user_id=user_id)
-                for channel in notification.channels:
-                    decision = logic.decide(event, data, notification, contact, channel, frontend_url=settings.frontend_url)
-                    lane = "critical" if notification.critical else "normal"
-                    res.metrics.dispatches.labels(channel.value, lane, "routed" if decision.routed else "suppressed", "" if decision.routed else decision.reason).inc()
-                    if decision.dispatch is not None:
-                        topic = settings.notify_topic(channel.value, critical=notification.critical)
-                        out.append(Outgoing(topic, decision.dispatch, key=user_id))
-        res.metrics.events.labels(event.type, "routed").inc()
-        return out
-    except InvalidMessage as exc:
-        res.metrics.events.labels("invalid", "dead_lettered").inc()
-        res.metrics.dead_lettered.labels("router", exc.reason).inc()
-        log.warning("dead-lettered %s/%s@%s: %s", record.topic, record.partition, record.offset, exc)
-        return [dead_letter(settings, record, stage="router", reason=exc.reason, error=exc.detail)]
+def statuses_of(records: list[ConsumerRecord], res: Resources, settings: Settings) -> tuple[list[dict[str, Any]], list[Outgoing]]:
+    """The trace rows of valid status records, and the dead letters of invalid ones."""
+    rows: list[dict[str, Any]] = []
+    dead: list[Outgoing] = []
+    for record in records:
+        try:
+            if b"\\u0000" in (record.value or b""):
+                raise ValueError("a status may not contain NUL characters")
+            status = DeliveryStatus.model_validate_json(record.value or b"")
+        except (ValidationError, ValueError) as exc:
+            res.metrics.dead_lettered.labels("router-status", "invalid_status").inc()
+            log.warning("invalid status at %s/%s@%s", record.topic, record.partition, record.offset)
+            dead.append(dead_letter(settings, record, stage="router-status", reason="invalid_status", error=str(exc)))
+            continue
+        rows.append(
+            {
+                "notification_id": status.notification_id,
+                "status": status.status.value,
+                "attempt": status.attempt,
+                "reason": status.reason,
+                "provider_message_id": status.provider_message_id,
+                "event_id": status.event_id,
+                "user_id": status.user_id,
+                "channel": status.channel.value,
+                "at": status.at,
+            }
+        )
+    return rows, dead

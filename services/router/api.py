@@ -1,0 +1,229 @@
+"""The router's HTTP API: the recipients directory, preferences and the decision trace."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+
+from shared import AppResources, ServiceName, UserId
+
+from . import logic, repo
+from .catalogue import Catalogue
+from .directory import recipients_of
+
+api = APIRouter(prefix="/v1")
+
+_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+UserPath = Annotated[str, Path(min_length=1, max_length=256, pattern=_PRINTABLE, description="A user id of the host application")]
+
+
+def _own_user(user_id: UserId) -> str:
+    if not logic.printable(user_id):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="invalid token: sub may not contain control characters", headers={"WWW-Authenticate": "Bearer"})
+    return user_id
+
+
+#: The authenticated end user (a JWT whose ``sub`` is a usable user id).
+OwnUser = Annotated[str, Depends(_own_user)]
+
+
+# ---------------------------------------------------------------------------- recipients
+
+
+class RecipientIn(BaseModel):
+    """A user's contact details; the PUT replaces them all."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"email": "ada@example.com", "phone": "+14155550100", "locale": "en", "timezone": "Europe/London"}]})
+
+    email: str | None = None
+    phone: str | None = Field(default=None, description="E.164, e.g. +14155550100")
+    phone_verified_at: datetime | None = None
+    locale: str = "en"
+    timezone: str = "UTC"
+
+    _email = field_validator("email")(lambda v: logic.normalize_email(v))
+    _phone = field_validator("phone")(lambda v: logic.normalize_phone(v))
+    _locale = field_validator("locale")(lambda v: logic.check_locale(v))
+    _timezone = field_validator("timezone")(lambda v: logic.check_timezone(v))
+
+
+class RecipientOut(RecipientIn):
+    user_id: str
+
+
+@api.put(
+    "/recipients/{user_id}",
+    tags=["recipients"],
+    summary="Create or replace a user's contact details (service API key)",
+    responses={409: {"description": "The user was deleted"}, 422: {"description": "An address is not valid"}},
+)
+async def put_recipient(user_id: UserPath, body: RecipientIn, caller: ServiceName, res: AppResources) -> RecipientOut:
+    row = logic.Directory(
+        user_id=user_id,
+        email=body.email,
+        phone=body.phone,
+        phone_verified_at=body.phone_verified_at if body.phone else None,
+        locale=body.locale,
+        timezone=body.timezone,
+    )
+    if not await recipients_of(res).put(row):
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"user {user_id!r} was deleted; a deleted user is not brought back")
+    return RecipientOut(user_id=user_id, **{k: getattr(row, k) for k in ("email", "phone", "phone_verified_at", "locale", "timezone")})
+
+
+# ---------------------------------------------------------------------------- preferences
+
+
+class PreferenceChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    category: str
+    channel: str
+    enabled: StrictBool
+
+
+class PreferencesPatch(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"preferences": [{"category": "promotional", "channel": "email", "enabled": False}]}]},
+    )
+
+    preferences: list[PreferenceChange] = Field(min_length=1, max_length=100)
+
+
+class Preference(BaseModel):
+    category: str
+    channel: Literal["email", "sms", "push", "inapp"]
+    enabled: bool
+    default: bool = Field(description="What the catalogue gives when the user has not chosen")
+    available: bool = Field(description="Whether any notification of the category uses the channel")
+    locked: bool = Field(description="Security notifications cannot be switched off")
+
+
+class Preferences(BaseModel):
+    user_id: str
+    preferences: list[Preference]
+
+
+def _catalogue(request: Request) -> Catalogue:
+    return request.app.state.catalogue
+
+
+async def _matrix(res: Any, catalogue: Catalogue, user_id: str) -> Preferences:
+    async with res.pool.acquire() as conn:
+        choices = await repo.preferences(conn=conn, user_id=user_id)
+    return Preferences(user_id=user_id, preferences=[Preference(**p) for p in logic.preference_matrix(catalogue, choices)])
+
+
+async def _patch(res: Any, catalogue: Catalogue, user_id: str, body: PreferencesPatch) -> Preferences:
+    changes, problems = logic.check_preference_changes(c.model_dump() for c in body.preferences)
+    if problems:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=problems)
+    await recipients_of(res).set_preferences(user_id, changes)
+    return await _matrix(res, catalogue, user_id)
+
+
+_PATCH_RESPONSES: dict[int | str, dict[str, Any]] = {422: {"description": "Unknown category or channel, or security"}}
+
+
+@api.get("/preferences", tags=["preferences"], summary="The authenticated user's preferences (every category × channel)")
+async def get_my_preferences(user_id: OwnUser, request: Request, res: AppResources) -> Preferences:
+    return await _matrix(res, _catalogue(request), user_id)
+
+
+@api.patch("/preferences", tags=["preferences"], summary="Change the authenticated user's preferences", responses=_PATCH_RESPONSES)
+async def patch_my_preferences(body: PreferencesPatch, user_id: OwnUser, request: Request, res: AppResources) -> Preferences:
+    return await _patch(res, _catalogue(request), user_id, body)
+
+
+@api.get("/users/{user_id}/preferences", tags=["preferences"], summary="A user's preferences (service API key)")
+async def get_user_preferences(user_id: UserPath, caller: ServiceName, request: Request, res: AppResources) -> Preferences:
+    return await _matrix(res, _catalogue(request), user_id)
+
+
+@api.patch(
+    "/users/{user_id}/preferences", tags=["preferences"], summary="Change a user's preferences (service API key)", responses=_PATCH_RESPONSES
+)
+async def patch_user_preferences(body: PreferencesPatch, user_id: UserPath, caller: ServiceName, request: Request, res: AppResources) -> Preferences:
+    return await _patch(res, _catalogue(request), user_id, body)
+
+
+# ---------------------------------------------------------------------------- trace
+
+
+class Delivery(BaseModel):
+    status: str
+    attempt: int
+    reason: str | None
+    provider_message_id: str | None
+    at: datetime
+
+
+class TraceItem(BaseModel):
+    notification_id: UUID
+    event_id: str
+    event_source: str
+    event_type: str
+    user_id: str | None
+    channel: str | None
+    critical: bool
+    template: str | None
+    decided_at: datetime
+    decision: Literal["routed", "suppressed", "dead_lettered"]
+    reason: str = Field(description="routed, or why not: preference_off, no_address, phone_unverified, user_deleted, or the dead-letter reason")
+    detail: str | None
+    deliveries: list[Delivery] = Field(description="What the channel's sender reported, in order")
+    outcome: str = Field(description="The latest delivery status; pending while a routed notification has none; else the decision")
+    attempts: int
+
+
+class Trace(BaseModel):
+    items: list[TraceItem]
+
+
+async def _trace(res: Any, decisions: list[dict[str, Any]]) -> Trace:
+    async with res.pool.acquire() as conn:
+        deliveries = await repo.deliveries_of(conn=conn, notification_ids=[d["notification_id"] for d in decisions])
+    items = []
+    for d in decisions:
+        history = deliveries.get(d["notification_id"], [])
+        outcome = history[-1]["status"] if history else ("pending" if d["decision"] == "routed" else d["decision"])
+        attempts = max((h["attempt"] for h in history), default=0)
+        items.append(TraceItem(**d, deliveries=[Delivery(**h) for h in history], outcome=outcome, attempts=attempts))
+    return Trace(items=items)
+
+
+@api.get(
+    "/events/{event_id}/trace",
+    tags=["trace"],
+    summary="What the router decided for every recipient × channel of an event, and what the senders did (service API key)",
+    responses={404: {"description": "The router has no record of the event"}},
+)
+async def event_trace(event_id: Annotated[str, Path(min_length=1, max_length=256, pattern=_PRINTABLE)], caller: ServiceName, res: AppResources) -> Trace:
+    async with res.pool.acquire() as conn:
+        decisions = await repo.event_decisions(conn=conn, event_id=event_id)
+    if not decisions:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, detail=f"no trace for event {event_id!r}: not consumed yet, or its type is not in the catalogue"
+        )
+    return await _trace(res, decisions)
+
+
+@api.get("/users/{user_id}/trace", tags=["trace"], summary="A user's notifications since a time, decisions and deliveries (service API key)")
+async def user_trace(
+    user_id: UserPath,
+    caller: ServiceName,
+    res: AppResources,
+    since: Annotated[datetime | None, Query(description="ISO 8601; default: 24 hours ago")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Trace:
+    since = since or datetime.now(UTC) - timedelta(hours=24)
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    async with res.pool.acquire() as conn:
+        decisions = await repo.user_decisions(conn=conn, user_id=user_id, since=since, limit=min(limit, res.settings.trace_page_max))  # type: ignore[attr-defined]
+    return await _trace(res, decisions)

@@ -1,0 +1,203 @@
+"""Queries on the ``router`` schema: recipients, preferences and the decision trace."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from .logic import Directory
+
+_RECIPIENT_COLUMNS = "user_id, email, phone, phone_verified_at, locale, timezone, deleted_at"
+
+
+def _directory(row: Mapping[str, Any]) -> Directory:
+    return Directory(
+        user_id=row["user_id"],
+        email=row["email"],
+        phone=row["phone"],
+        phone_verified_at=row["phone_verified_at"],
+        locale=row["locale"],
+        timezone=row["timezone"],
+    )
+
+
+async def recipient(*, conn: Any, user_id: str, for_update: bool = False) -> tuple[Directory | None, bool]:
+    """A user's directory row and whether the user was deleted ((None, False) when unknown)."""
+    lock = " FOR UPDATE" if for_update else ""
+    row = await conn.fetchrow(f"SELECT {_RECIPIENT_COLUMNS} FROM router.recipients WHERE user_id = $1{lock}", user_id)
+    if row is None:
+        return None, False
+    return (None, True) if row["deleted_at"] is not None else (_directory(row), False)
+
+
+async def upsert_recipient(*, conn: Any, row: Directory) -> bool:
+    """Insert or replace a user's directory row; False (and nothing written) when the user was deleted."""
+    status = await conn.execute(
+        """
+        INSERT INTO router.recipients AS r (user_id, email, phone, phone_verified_at, locale, timezone)
+        VALUES ($1, $2, $3, $4, $5, $6)
+        ON CONFLICT (user_id) DO UPDATE
+           SET email = EXCLUDED.email, phone = EXCLUDED.phone, phone_verified_at = EXCLUDED.phone_verified_at,
+               locale = EXCLUDED.locale, timezone = EXCLUDED.timezone, updated_at = now()
+         WHERE r.deleted_at IS NULL
+        """,
+        row.user_id,
+        row.email,
+        row.phone,
+        row.phone_verified_at,
+        row.locale,
+        row.timezone,
+    )
+    return status.endswith(" 1")
+
+
+async def delete_recipient(*, conn: Any, user_id: str) -> None:
+    """Keep a tombstone of the user (no address, no preferences): a deleted user gets nothing."""
+    await conn.execute(
+        """
+        INSERT INTO router.recipients AS r (user_id, deleted_at) VALUES ($1, now())
+        ON CONFLICT (user_id) DO UPDATE
+           SET email = NULL, phone = NULL, phone_verified_at = NULL, deleted_at = COALESCE(r.deleted_at, now()), updated_at = now()
+        """,
+        user_id,
+    )
+    await conn.execute("DELETE FROM router.preferences WHERE user_id = $1", user_id)
+
+
+async def profiles(*, conn: Any, user_ids: Sequence[str]) -> dict[str, tuple[Directory | None, bool, dict[tuple[str, str], bool]]]:
+    """For each user id: directory row (None if unknown or deleted), deleted flag, explicit preferences."""
+    rows = await conn.fetch(f"SELECT {_RECIPIENT_COLUMNS} FROM router.recipients WHERE user_id = ANY($1::text[])", list(user_ids))
+    prefs = await conn.fetch(
+        "SELECT user_id, category, channel, enabled FROM router.preferences WHERE user_id = ANY($1::text[])", list(user_ids)
+    )
+    found: dict[str, tuple[Directory | None, bool, dict[tuple[str, str], bool]]] = {u: (None, False, {}) for u in user_ids}
+    for row in rows:
+        deleted = row["deleted_at"] is not None
+        found[row["user_id"]] = (None if deleted else _directory(row), deleted, {})
+    for p in prefs:
+        found[p["user_id"]][2][(p["category"], p["channel"])] = p["enabled"]
+    return found
+
+
+async def active_user_ids(*, conn: Any, after: str | None, limit: int) -> list[str]:
+    """The next ``limit`` user ids of users not deleted, in id order after ``after`` (keyset pagination)."""
+    rows = await conn.fetch(
+        "SELECT user_id FROM router.recipients WHERE deleted_at IS NULL AND ($1::text IS NULL OR user_id > $1) ORDER BY user_id LIMIT $2",
+        after,
+        limit,
+    )
+    return [r["user_id"] for r in rows]
+
+
+async def preferences(*, conn: Any, user_id: str) -> dict[tuple[str, str], bool]:
+    """A user's explicit preference choices."""
+    rows = await conn.fetch("SELECT category, channel, enabled FROM router.preferences WHERE user_id = $1", user_id)
+    return {(r["category"], r["channel"]): r["enabled"] for r in rows}
+
+
+async def set_preferences(*, conn: Any, user_id: str, changes: Mapping[tuple[str, str], bool]) -> None:
+    """Record a user's choices (one statement, so all or none)."""
+    keys = list(changes)
+    await conn.execute(
+        """
+        INSERT INTO router.preferences (user_id, category, channel, enabled)
+        SELECT $1, c.category, c.channel, c.enabled FROM unnest($2::text[], $3::text[], $4::boolean[]) AS c(category, channel, enabled)
+        ON CONFLICT (user_id, category, channel) DO UPDATE SET enabled = EXCLUDED.enabled, updated_at = now()
+        """,
+        user_id,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [changes[k] for k in keys],
+    )
+
+
+# ---------------------------------------------------------------------------- trace
+
+
+async def _trace_write(conn: Any, sql: str, *args: Any) -> None:
+    # The trace is diagnostic, not the record of delivery (the senders' ledgers are): it
+    # need not wait for its WAL flush. A crash of PostgreSQL can lose the last fraction of
+    # a second of trace rows, never a committed row of anything else.
+    async with conn.transaction():
+        await conn.execute("SET LOCAL synchronous_commit TO off")
+        await conn.execute(sql, *args)
+
+
+async def record_decisions(*, conn: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write decisions; one already written for a notification id is kept."""
+    if not rows:
+        return
+    columns = ("notification_id", "event_id", "event_source", "event_type", "user_id", "channel", "critical", "template", "decision", "reason", "detail")
+    await _trace_write(
+        conn,
+        """
+        INSERT INTO router.decisions (notification_id, event_id, event_source, event_type, user_id, channel, critical, template, decision, reason, detail)
+        SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::boolean[], $8::text[], $9::text[], $10::text[], $11::text[])
+        ON CONFLICT (notification_id) DO NOTHING
+        """,
+        *([r[c] for r in rows] for c in columns),
+    )
+
+
+async def record_deliveries(*, conn: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write sender outcomes; a status already written for a notification and attempt is kept."""
+    if not rows:
+        return
+    columns = ("notification_id", "status", "attempt", "reason", "provider_message_id", "event_id", "user_id", "channel", "at")
+    await _trace_write(
+        conn,
+        """
+        INSERT INTO router.deliveries (notification_id, status, attempt, reason, provider_message_id, event_id, user_id, channel, at)
+        SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::timestamptz[])
+        ON CONFLICT (notification_id, status, attempt) DO NOTHING
+        """,
+        *([r[c] for r in rows] for c in columns),
+    )
+
+
+async def event_decisions(*, conn: Any, event_id: str) -> list[dict[str, Any]]:
+    """Every decision about one event, in order."""
+    rows = await conn.fetch("SELECT * FROM router.decisions WHERE event_id = $1 ORDER BY decided_at, user_id, channel", event_id)
+    return [dict(r) for r in rows]
+
+
+async def user_decisions(*, conn: Any, user_id: str, since: datetime, limit: int) -> list[dict[str, Any]]:
+    """A user's decisions since a time, oldest first."""
+    rows = await conn.fetch(
+        "SELECT * FROM router.decisions WHERE user_id = $1 AND decided_at >= $2 ORDER BY decided_at, event_id, channel LIMIT $3",
+        user_id,
+        since,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def deliveries_of(*, conn: Any, notification_ids: Iterable[UUID]) -> dict[UUID, list[dict[str, Any]]]:
+    """The sender outcomes of some notifications, each list in order."""
+    rows = await conn.fetch(
+        "SELECT notification_id, status, attempt, reason, provider_message_id, at FROM router.deliveries "
+        "WHERE notification_id = ANY($1::uuid[]) ORDER BY at, attempt",
+        list(notification_ids),
+    )
+    found: dict[UUID, list[dict[str, Any]]] = {}
+    for r in rows:
+        row = dict(r)
+        found.setdefault(row.pop("notification_id"), []).append(row)
+    return found
+
+
+async def prune_trace(*, conn: Any, older_than: timedelta, limit: int) -> int:
+    """Delete up to ``limit`` decisions and ``limit`` deliveries older than ``older_than``; how many went."""
+    decisions = await conn.execute(
+        "DELETE FROM router.decisions WHERE ctid = ANY(ARRAY(SELECT ctid FROM router.decisions WHERE decided_at < now() - $1::interval LIMIT $2))",
+        older_than,
+        limit,
+    )
+    deliveries = await conn.execute(
+        "DELETE FROM router.deliveries WHERE ctid = ANY(ARRAY(SELECT ctid FROM router.deliveries WHERE at < now() - $1::interval LIMIT $2))",
+        older_than,
+        limit,
+    )
+    return int(decisions.split()[-1]) + int(deliveries.split()[-1])

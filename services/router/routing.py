@@ -1,0 +1,262 @@
+"""One batch of domain events in, dispatches and trace rows out.
+
+The steps, in order: parse and validate every record (dead-lettering what is
+invalid); apply ``user.*`` events to the directory in the order they came;
+look up every recipient's profile at once (Redis, then PostgreSQL for
+misses); decide; publish the dispatches and write the trace concurrently,
+and return only when Kafka and PostgreSQL both have them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.partitioner import murmur2
+
+from shared import CloudEvent, InvalidMessage, Outgoing, Resources, dead_letter, event_id_var, publish_many
+
+from . import logic, repo
+from .catalogue import Catalogue, Notification
+from .directory import recipients_of
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+_DIRECTORY_FIELDS = ("email", "phone", "phone_verified_at", "locale", "timezone")
+
+
+@dataclass
+class Item:
+    """One record of the batch, as far as it got."""
+
+    record: ConsumerRecord
+    event: CloudEvent | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    notifications: tuple[Notification, ...] = ()
+    recipients: dict[Notification, list[str] | None] = field(default_factory=dict)
+    failed: InvalidMessage | None = None
+
+
+@dataclass
+class Chunk:
+    """What a group of events produces: dispatches and dead letters, trace rows, metric counts."""
+
+    out: list[Outgoing] = field(default_factory=list)  # dispatches
+    dead: list[Outgoing] = field(default_factory=list)  # dead letters
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    dispatches: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
+    events: Counter[str] = field(default_factory=Counter)
+
+    def count(self, res: Resources) -> None:
+        for labels, n in self.dispatches.items():
+            res.metrics.dispatches.labels(*labels).inc(n)
+        for event_type, n in self.events.items():
+            res.metrics.events.labels(event_type, "routed").inc(n)
+
+
+class BatchRouter:
+    def __init__(self, settings: Settings, catalogue: Catalogue) -> None:
+        self.settings = settings
+        self.catalogue = catalogue
+
+    async def handle(self, records: list[ConsumerRecord], res: Resources) -> None:
+        """Finish every record of a batch."""
+        items = [self.parse(record, res) for record in records]
+        directory = recipients_of(res)
+        for item in items:
+            if item.event is not None and item.event.type in logic.DIRECTORY_TYPES:
+                await self.apply_directory(item, res)
+        routable = [i for i in items if i.failed is None and i.event is not None]
+        user_ids = {u for i in routable for users in i.recipients.values() if users for u in users}
+        profiles = await directory.profiles(user_ids)
+        # A chunk's trace rows and dead letters are written while the next chunk is decided
+        # (at most ``route_pipeline_depth`` chunks in flight). The batch's dispatches go to
+        # the producer together, in consumption order, one record batch per partition, so a
+        # user's notifications keep their order. All is acknowledged before we return.
+        in_flight = asyncio.Semaphore(self.settings.route_pipeline_depth)
+        dispatches: list[Outgoing] = []
+        async with asyncio.TaskGroup() as group:
+            for start in range(0, len(items), self.settings.route_chunk):
+                chunk = Chunk()
+                for item in items[start : start + self.settings.route_chunk]:
+                    if item.failed is not None:
+                        chunk.dead.append(self.dead_letter(item, res, chunk.trace))
+                    elif item.event is not None and item.notifications:
+                        targeted = {n: users for n, users in item.recipients.items() if users is not None}
+                        self.collect(item, list(targeted), targeted, profiles, chunk)
+                        chunk.events[item.event.type] += 1
+                chunk.count(res)
+                dispatches += chunk.out
+                await in_flight.acquire()
+                group.create_task(self.record(chunk, res, release=in_flight))
+                await asyncio.sleep(0)  # let it start writing before the next chunk is decided
+            group.create_task(self.publish(dispatches, res))
+        for item in routable:
+            for notification in (n for n, users in item.recipients.items() if users is None):
+                await self.broadcast(item, notification, res)
+
+    def parse(self, record: ConsumerRecord, res: Resources) -> Item:
+        """Parse and validate one record; unknown types are counted and left alone."""
+        item = Item(record)
+        try:
+            item.event = event = logic.parse_event(record.value)
+            event_id_var.set(event.id)
+            notifications = self.catalogue.get(event.type)
+            if notifications is None:
+                res.metrics.events.labels("unknown", "skipped").inc()
+                log.debug("skipped event of unknown type %r", event.type)
+                return item
+            item.data = logic.validate_data(event)
+            item.notifications = notifications
+            item.recipients = {n: logic.recipients_of(n, item.data) for n in notifications}
+        except InvalidMessage as exc:
+            item.failed = exc
+        return item
+
+    async def apply_directory(self, item: Item, res: Resources) -> None:
+        """Apply a ``user.*`` event; an invalid address turns the item into a dead letter."""
+        assert item.event is not None
+        raw = item.event.data if isinstance(item.event.data, dict) else {}
+        fields = {k: item.data[k] for k in _DIRECTORY_FIELDS if k in raw}
+        try:
+            if not logic.printable(item.data["user_id"]):
+                raise InvalidMessage("invalid_data", "data.user_id: a user id may not contain control characters")
+            outcome = await recipients_of(res).apply_event(item.event.type, item.data["user_id"], fields)
+            log.info("directory %s for user %s by %s", outcome, item.data["user_id"], item.event.type)
+        except InvalidMessage as exc:
+            item.failed = exc
+
+    def collect(
+        self,
+        item: Item,
+        notifications: list[Notification],
+        recipients: dict[Notification, list[str] | None],
+        profiles: dict[str, logic.Profile],
+        chunk: Chunk,
+    ) -> None:
+        """Decide for one event and add its dispatches and trace rows to the chunk."""
+        event = item.event
+        assert event is not None
+        decisions = logic.route(event, item.data, notifications, recipients, profiles, frontend_url=self.settings.frontend_url)  # type: ignore[arg-type]
+        for decision in decisions:
+            critical = decision.notification.critical
+            lane = "critical" if critical else "normal"
+            if decision.dispatch is not None:
+                chunk.dispatches[(decision.channel.value, lane, "routed", "")] += 1
+                topic = self.settings.notify_topic(decision.channel.value, critical=critical)
+                chunk.out.append(Outgoing(topic, decision.dispatch, key=decision.user_id))
+            else:
+                chunk.dispatches[(decision.channel.value, lane, "suppressed", decision.reason)] += 1
+        chunk.trace += logic.trace_rows(event, decisions)
+
+    async def broadcast(self, item: Item, notification: Notification, res: Resources) -> None:
+        """A notification to every user not deleted, a page of the directory at a time."""
+        assert item.event is not None
+        after: str | None = None
+        total = 0
+        while True:
+            async with res.pool.acquire() as conn:
+                page = await repo.active_user_ids(conn=conn, after=after, limit=self.settings.broadcast_page)
+            if not page:
+                break
+            profiles = await recipients_of(res).profiles(page)
+            chunk = Chunk()
+            self.collect(item, [notification], {notification: page}, profiles, chunk)
+            chunk.count(res)
+            await self.finish(chunk, res)
+            total += len(page)
+            after = page[-1]
+        log.info("broadcast %s %s to %d users", item.event.type, notification.template, total)
+
+    def dead_letter(self, item: Item, res: Resources, trace: list[dict[str, Any]]) -> Outgoing:
+        exc, record = item.failed, item.record
+        assert exc is not None
+        res.metrics.events.labels("invalid", "dead_lettered").inc()
+        res.metrics.dead_lettered.labels("router", exc.reason).inc()
+        log.warning("dead-lettered %s/%s@%s: %s", record.topic, record.partition, record.offset, exc)
+        if item.event is not None:
+            trace.append(logic.dead_letter_row(item.event, exc.reason, exc.detail))
+        return dead_letter(self.settings, record, stage="router", reason=exc.reason, error=exc.detail)
+
+    async def finish(self, chunk: Chunk, res: Resources) -> None:
+        """Publish and record a chunk, concurrently; return when both are done."""
+        await asyncio.gather(self.publish(chunk.out, res), self.record(chunk, res))
+
+    async def publish(self, dispatches: list[Outgoing], res: Resources) -> None:
+        """Hand dispatches to the producer in order; return when Kafka has every one."""
+        acks = await enqueue(res.extra["producer"], dispatches)
+        await asyncio.gather(*acks)
+
+    async def record(self, chunk: Chunk, res: Resources, *, release: asyncio.Semaphore | None = None) -> None:
+        """Write a chunk's trace rows and dead letters; return when PostgreSQL and Kafka have them."""
+        try:
+
+            async def decisions() -> None:
+                if chunk.trace:
+                    async with res.pool.acquire() as conn:
+                        await repo.record_decisions(conn=conn, rows=chunk.trace)
+
+            await asyncio.gather(decisions(), publish_many(res.broker, chunk.dead))
+        finally:
+            if release is not None:
+                release.release()
+
+
+@contextlib.asynccontextmanager
+async def dispatch_producer_for(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    """The router's own producer for dispatches: acks from every replica, batched with a short linger."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=f"herald-{settings.service_name}-dispatch",
+        acks="all",
+        enable_idempotence=settings.kafka_enable_idempotence,
+        linger_ms=settings.dispatch_linger_ms,
+        max_batch_size=settings.dispatch_max_batch_bytes,
+    )
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+async def enqueue(producer: AIOKafkaProducer, messages: Sequence[Outgoing]) -> list[asyncio.Future[Any]]:
+    """Hand dispatches to the producer; the futures resolve when Kafka has acknowledged them.
+
+    Messages are packed into one record batch per topic partition, each partition
+    chosen from the key exactly as Kafka's default partitioner does (murmur2), so a
+    user's dispatches stay in order on one partition. Per-message sends, and the
+    broker's per-message middleware stack even more, cost more than routing itself.
+    """
+    batches: dict[tuple[str, int], Any] = {}
+    futures = []
+    partitions: dict[str, int] = {}
+    for m in messages:
+        value = m.value if isinstance(m.value, bytes) else m.value.model_dump_json().encode()
+        key = m.key.encode() if isinstance(m.key, str) else m.key
+        if m.topic not in partitions:
+            partitions[m.topic] = len(await producer.partitions_for(m.topic))
+        tp = (m.topic, partition_of(key or b"", partitions[m.topic]))
+        batch = batches.get(tp)
+        if batch is None or batch.append(key=key, value=value, timestamp=None) is None:
+            if batch is not None:
+                futures.append(await producer.send_batch(batch, tp[0], partition=tp[1]))
+            batches[tp] = batch = producer.create_batch()
+            batch.append(key=key, value=value, timestamp=None)
+    for (topic, partition), batch in batches.items():
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures
+
+
+@functools.lru_cache(maxsize=65536)
+def partition_of(key: bytes, count: int) -> int:
+    """Kafka's default partition of a key (murmur2, as aiokafka and the Java client compute it)."""
+    return (murmur2(key) & 0x7FFFFFFF) % count

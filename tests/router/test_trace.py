@@ -1,0 +1,107 @@
+"""The decision trace: what the router decided and what each sender then did, by event and by user."""
+
+import asyncio
+from datetime import UTC, datetime
+
+from shared import Channel, Dispatch, HeraldSettings, Ledger, PermanentError, Resources, SenderPipeline, TransientError, create_service
+
+from ..support import bearer, running, settings_for
+from .conftest import by_channel, new_user
+
+
+async def test_the_trace_shows_each_decision_and_what_the_senders_did(router, infra, namespace, ledger_schema):
+    user = new_user()
+    await router.put_recipient(user, email="a@example.com", phone="+14155550100")
+    calls: list[str] = []
+
+    async def flaky(dispatch: Dispatch, res: Resources) -> str:
+        calls.append(dispatch.recipient.user_id)
+        if calls.count(user) == 1 and dispatch.recipient.user_id == user:
+            raise TransientError("http_503", "provider busy")
+        return "inbox-1"
+
+    sender_settings = settings_for(HeraldSettings, infra, namespace, service_name="test-inapp")
+    pipeline = SenderPipeline(sender_settings, Channel.inapp, flaky, ledger=Ledger(ledger_schema), retry_base_seconds=0.05, retry_cap_seconds=0.2)
+    async with running(create_service(sender_settings, title="inapp", kafka_routers=pipeline.routers())):
+        event = await router.publish("booking.cancelled", {"booking_id": "b9", "student_id": user, "instructor_id": new_user(), "title": "Piano", "starts_at": "2026-12-01T15:00:00Z"})
+        items = await router.trace(event["id"], 8, until=lambda items: by_channel(items, user)["inapp"]["outcome"] == "sent")
+    mine = by_channel(items, user)
+    assert {c: (i["decision"], i["reason"]) for c, i in mine.items()} == {
+        "email": ("routed", "routed"),
+        "sms": ("suppressed", "phone_unverified"),
+        "push": ("routed", "routed"),
+        "inapp": ("routed", "routed"),
+    }
+    inapp = mine["inapp"]
+    assert [(d["status"], d["attempt"], d["reason"]) for d in inapp["deliveries"]] == [("retrying", 1, "http_503"), ("sent", 2, None)]
+    assert (inapp["outcome"], inapp["attempts"], inapp["deliveries"][-1]["provider_message_id"]) == ("sent", 2, "inbox-1")
+    assert (mine["email"]["outcome"], mine["email"]["deliveries"]) == ("pending", [])  # no email sender in this test
+    assert (mine["sms"]["outcome"], mine["sms"]["detail"]) == ("suppressed", "the phone number is not verified")
+    assert all(i["event_type"] == "booking.cancelled" and i["event_source"] == "tests" for i in items)
+
+
+async def test_a_failed_delivery_shows_why(router, infra, namespace, ledger_schema):
+    user = new_user()
+
+    async def refuse(dispatch: Dispatch, res: Resources) -> str:
+        raise PermanentError("template_error", "missing variable")
+
+    sender_settings = settings_for(HeraldSettings, infra, namespace, service_name="test-inapp")
+    pipeline = SenderPipeline(sender_settings, Channel.inapp, refuse, ledger=Ledger(ledger_schema))
+    async with running(create_service(sender_settings, title="inapp", kafka_routers=pipeline.routers())):
+        event = await router.publish("content.learning_tip", {"user_id": user, "title": "Scales", "body": "Daily"})
+        items = await router.trace(event["id"], 3, until=lambda items: by_channel(items)["inapp"]["outcome"] == "failed")
+    assert by_channel(items)["inapp"]["deliveries"][0]["reason"] == "template_error"
+
+
+async def test_a_users_trace_lists_their_notifications_since_a_time(router):
+    user = new_user()
+    first = await router.publish("payout.paid", {"user_id": user, "payout_id": "p1", "amount": 100, "currency": "EUR"})
+    await router.trace(first["id"], 2)
+    await asyncio.sleep(0.01)  # two events a measurable instant apart, so "since" can fall between them
+    between = datetime.now(UTC)
+    second = await router.publish("payment.failed", {"user_id": user, "amount": 100, "currency": "EUR"})
+    await router.trace(second["id"], 3)
+
+    everything = await router.client.get(f"/v1/users/{user}/trace", headers=router.key)
+    assert everything.status_code == 200
+    assert [(i["event_id"], i["channel"]) for i in everything.json()["items"]] == [
+        *((first["id"], c) for c in ("email", "inapp")),
+        *((second["id"], c) for c in ("email", "inapp", "sms")),
+    ]
+    recent = await router.client.get(f"/v1/users/{user}/trace", params={"since": between.isoformat()}, headers=router.key)
+    assert {i["event_id"] for i in recent.json()["items"]} == {second["id"]}
+    limited = await router.client.get(f"/v1/users/{user}/trace", params={"limit": 1}, headers=router.key)
+    assert len(limited.json()["items"]) == 1
+
+
+async def test_the_trace_is_for_services_only_and_says_when_there_is_none(router):
+    user = new_user()
+    assert (await router.client.get(f"/v1/users/{user}/trace", headers=bearer(router.settings, user))).status_code == 401
+    assert (await router.client.get("/v1/events/e/trace", headers=bearer(router.settings, user))).status_code == 401
+    missing = await router.client.get("/v1/events/never-seen/trace", headers=router.key)
+    assert missing.status_code == 404 and "never-seen" in missing.json()["detail"]
+    assert (await router.client.get(f"/v1/users/{user}/trace", params={"since": "yesterday"}, headers=router.key)).status_code == 422
+
+
+async def test_trace_rows_past_their_retention_are_pruned(db):
+    import uuid
+    from datetime import timedelta
+
+    from services.router import repo
+
+    old, new = uuid.uuid4(), uuid.uuid4()
+    for nid, age in ((old, "40 days"), (new, "1 day")):
+        await db.execute(
+            "INSERT INTO router.decisions (notification_id, event_id, event_source, event_type, user_id, channel, decision, reason, decided_at) "
+            f"VALUES ($1, 'e-prune', 'tests', 'payout.paid', 'u', 'email', 'routed', 'routed', now() - interval '{age}')",
+            nid,
+        )
+        await db.execute(
+            "INSERT INTO router.deliveries (notification_id, status, attempt, event_id, user_id, channel, at) "
+            f"VALUES ($1, 'sent', 1, 'e-prune', 'u', 'email', now() - interval '{age}')",
+            nid,
+        )
+    assert await repo.prune_trace(conn=db, older_than=timedelta(days=30), limit=1000) >= 2
+    assert [r["notification_id"] for r in await db.fetch("SELECT notification_id FROM router.decisions WHERE event_id = 'e-prune'")] == [new]
+    assert [r["notification_id"] for r in await db.fetch("SELECT notification_id FROM router.deliveries WHERE event_id = 'e-prune'")] == [new]
