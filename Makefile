@@ -5,13 +5,14 @@ BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install system-deps run test test-fast lock schemas migrate topics clean help
+.PHONY: install system-deps run test test-fast lock schemas migrate topics clean help bench-router bench-email bench-inapp
 
 help:
 	@echo "make run     start Kafka (embedded), PostgreSQL, Redis, every service and the sandbox"
 	@echo "make test    the whole test suite against a real broker, PostgreSQL and Redis"
 	@echo "make schemas regenerate schemas/ from the models"
 	@echo "make lock    re-pin requirements.lock from pyproject.toml"
+	@echo "make bench-router / bench-email / bench-inapp   print throughput and latency figures"
 
 install: $(STAMP)
 
@@ -45,6 +46,17 @@ migrate: install
 
 topics: install
 	$(BIN)/herald topics
+
+# Benchmarks print figures; they never fail on speed. Each starts what it needs on free ports.
+bench-router: install
+	$(BIN)/python scripts/bench_router.py
+
+bench-email: install
+	$(BIN)/python scripts/bench_email.py
+
+# Against a running inapp service (make run): SSE fan-out latency.
+bench-inapp: install
+	$(BIN)/python -m tests.inapp.bench_fanout --url http://127.0.0.1:$${HERALD_INAPP_PORT:-8106}
 
 lock:
 	$(UV) pip compile pyproject.toml --extra test -o requirements.lock --python-version 3.11
