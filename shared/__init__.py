@@ -6,7 +6,7 @@ Only the names in ``__all__`` are public; the ``_``-prefixed modules are private
 from ._app import AppResources, KafkaResources, Resources, create_service
 from ._auth import ServiceName, UserId, current_service, current_user, decode_user_token
 from ._db import MigrationError, apply_migrations, create_pool, ensure_database, load_migrations
-from ._exceptions import HeraldError, InvalidMessage, PermanentError, Suppressed, TransientError
+from ._exceptions import HeraldError, InvalidMessage, PermanentError, Suppressed, TransientError, parse_retry_after
 from ._kafka import (
     Outgoing,
     all_topics,
@@ -89,6 +89,7 @@ __all__ = [
     "mask_phone",
     "notification_id",
     "notification_id_var",
+    "parse_retry_after",
     "publish_many",
     "retry_delay",
     "split_commas",

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 import jwt
 from pydantic import ValidationError
 
-from shared import Category, PermanentError, TransientError
+from shared import Category, PermanentError, TransientError, parse_retry_after
 from shared.events import EVENT_MODELS
 
 #: Categories whose mail carries RFC 8058 one-click unsubscribe.
@@ -66,21 +65,6 @@ def preference_patch(category: Category) -> dict[str, Any]:
     """The router's preference update that switches one category's email off."""
     return {"preferences": [{"category": category.value, "channel": "email", "enabled": False}]}
 
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date); None if absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
 
 
 def http_failure(status: int, *, retry_after: str | None = None, detail: str = "") -> TransientError | PermanentError:

@@ -10,12 +10,13 @@ import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from enum import StrEnum
 from urllib.parse import urljoin, urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from shared import parse_retry_after
 
 MAX_ENDPOINT_LENGTH = 2048
 P256DH_LENGTH = 65
@@ -246,21 +247,6 @@ def classify(status: int) -> Answer:
         return Answer.transient
     return Answer.permanent
 
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
 
 
 class Outcome(StrEnum):

@@ -67,7 +67,7 @@ def sender(infra, namespace, ledger_schema):
 
 async def statuses(infra, settings, count):
     async with TopicReader(infra.kafka_bootstrap, settings.status_topic) as reader:
-        records = await reader.wait_for(count)
+        await reader.wait_for(count)
         return reader.json()
 
 
