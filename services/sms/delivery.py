@@ -23,6 +23,7 @@ from shared import (
     TemplateError,
     TransientError,
     mask_phone,
+    parse_retry_after,
     publish_many,
 )
 
@@ -102,7 +103,9 @@ class SmsDelivery:
             failure = logic.classify_provider_error(exc.status, exc.code)
             detail = f"twilio {exc.status or '-'} {exc.code or '-'}: {logic.mask_numbers(str(exc))}"
             log.warning("Twilio refused SMS to %s: %s", mask_phone(number.e164), detail)
-            raise (TransientError(failure.reason, detail) if failure.transient else PermanentError(failure.reason, detail)) from None
+            if failure.transient:
+                raise TransientError(failure.reason, detail, retry_after=parse_retry_after(exc.retry_after)) from None
+            raise PermanentError(failure.reason, detail) from None
         except BaseException:
             await limiter.release(cap)
             raise

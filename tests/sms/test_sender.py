@@ -2,13 +2,20 @@
 
 import asyncio
 import re
+from datetime import datetime
 
 from herald.infra import free_port
 from shared import Limit, RateLimiter
 
 from ..support import TopicReader, api_key
-
-from .conftest import captured_logs, dispatch, new_phone, produce_all, sms_app, statuses_of
+from .conftest import (
+    captured_logs,
+    dispatch,
+    new_phone,
+    produce_all,
+    sms_app,
+    statuses_of,
+)
 
 
 async def test_a_dispatch_consumed_twice_is_sent_once_with_its_segments_and_price_recorded(infra, sms_settings, sandbox, db):
@@ -99,6 +106,19 @@ async def test_a_transient_twilio_error_is_retried_and_the_failed_attempt_gives_
     assert found[0]["reason"] == "provider_503"
     assert len(await sandbox.messages(phone)) == 1
     assert await db.fetchval("SELECT attempts FROM sms.ledger WHERE notification_id = $1", d.notification_id) == 3
+
+
+async def test_twilio_throttling_is_retried_no_sooner_than_its_retry_after(infra, sms_settings, sandbox, db):
+    settings = sms_settings(sms_retry_base_seconds=0.05, sms_retry_cap_seconds=30)
+    d = dispatch(new_phone())
+    await sandbox.fail(429, count=1, retry_after=3)
+    async with sms_app(settings):
+        await produce_all(infra.kafka_bootstrap, settings.notify_topic("sms"), [d])
+        found = await statuses_of(infra, settings, {d.notification_id}, final=1, timeout=60)
+    assert [s["status"] for s in found] == ["retrying", "sent"]
+    assert found[0]["reason"] == "provider_rate_limited"
+    waited = (datetime.fromisoformat(found[1]["at"]) - datetime.fromisoformat(found[0]["at"])).total_seconds()
+    assert waited >= 3
 
 
 async def test_a_dispatch_still_failing_after_the_last_attempt_is_dead_lettered_with_its_slots_given_back(infra, sms_settings, sandbox, db, redis_client):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
@@ -24,10 +26,23 @@ class Accepted:
 class ProviderError(Exception):
     """Twilio refused the message or could not be reached; ``status``/``code`` say how."""
 
-    def __init__(self, message: str, *, status: int | None, code: int | None) -> None:
+    def __init__(self, message: str, *, status: int | None, code: int | None, retry_after: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.retry_after = retry_after  # the answer's Retry-After header, as sent
+
+
+# The library's exceptions carry no response headers; the client notes Retry-After
+# here, per task, so the send that failed can honour it.
+_retry_after: contextvars.ContextVar[str | None] = contextvars.ContextVar("twilio_retry_after", default=None)
+
+
+class _HttpClient(AsyncTwilioHttpClient):
+    async def request(self, *args: Any, **kwargs: Any) -> Any:
+        response = await super().request(*args, **kwargs)
+        _retry_after.set((response.headers or {}).get("Retry-After"))
+        return response
 
 
 # The library logs every request and response at INFO; Herald logs each send itself, masked.
@@ -40,7 +55,7 @@ class TwilioProvider:
     name = "twilio"
 
     def __init__(self, settings: Settings) -> None:
-        self.http = AsyncTwilioHttpClient(timeout=settings.twilio_timeout_seconds)
+        self.http = _HttpClient(timeout=settings.twilio_timeout_seconds)
         self.client = Client(
             settings.twilio_account_sid,
             settings.twilio_auth_token.get_secret_value(),
@@ -57,13 +72,15 @@ class TwilioProvider:
     async def send(self, *, to: str, body: str) -> Accepted:
         """Hand one message to Twilio; raises ``ProviderError``."""
         extra = {"status_callback": self.callback} if self.callback else {}
+        _retry_after.set(None)
         try:
             async with asyncio.timeout(self.timeout):
                 message = await self.client.messages.create_async(to=to, from_=self.sender, body=body, **extra)
         except TwilioServiceException as exc:
-            raise ProviderError(exc.detail or exc.title, status=exc.status, code=exc.code) from None
+            raise ProviderError(exc.detail or exc.title, status=exc.status, code=exc.code, retry_after=_retry_after.get()) from None
         except TwilioRestException as exc:
-            raise ProviderError(exc.msg, status=exc.status, code=exc.code if isinstance(exc.code, int) else None) from None
+            code = exc.code if isinstance(exc.code, int) else None
+            raise ProviderError(exc.msg, status=exc.status, code=code, retry_after=_retry_after.get()) from None
         except TimeoutError:
             raise ProviderError(f"no answer within {self.timeout}s", status=None, code=None) from None
         except aiohttp.ClientError as exc:
