@@ -20,6 +20,18 @@ from .support import Infra, new_namespace, test_id
 ARTIFACTS = Path(__file__).resolve().parent.parent / ".artifacts"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_sandbox_ports() -> Iterator[None]:
+    """Sandboxes started by tests listen on free ports, so the suite runs beside a `make run` that is up."""
+    previous = os.environ.get("HERALD_SANDBOX_SMTP_PORT")
+    os.environ["HERALD_SANDBOX_SMTP_PORT"] = str(local.free_port())
+    yield
+    if previous is None:
+        os.environ.pop("HERALD_SANDBOX_SMTP_PORT", None)
+    else:
+        os.environ["HERALD_SANDBOX_SMTP_PORT"] = previous
+
+
 @pytest.fixture(scope="session")
 def infra() -> Iterator[Infra]:
     pg = os.environ.get("HERALD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
