@@ -72,7 +72,7 @@ class BatchRouter:
         items = [self.parse(record, res) for record in records]
         directory = recipients_of(res)
         for item in items:
-            if item.event is not None and item.event.type in logic.DIRECTORY_TYPES:
+            if item.failed is None and item.event is not None and item.event.type in logic.DIRECTORY_TYPES:
                 await self.apply_directory(item, res)
         routable = [i for i in items if i.failed is None and i.event is not None]
         user_ids = {u for i in routable for users in i.recipients.values() if users for u in users}

@@ -56,7 +56,10 @@ async def test_a_running_service_reports_the_lag_of_its_own_groups(infra, namesp
     settings = settings_for(RouterSettings, infra, namespace, consumer_lag_interval_seconds=0.3)
     await create_topics(settings)
     app = create_router(settings)
-    assert watched_groups(app.state.resources.broker) == [WatchedGroup(settings.group_id("router"), pattern=settings.domain_pattern())]
+    assert sorted(watched_groups(app.state.resources.broker), key=lambda g: g.group) == [
+        WatchedGroup(settings.group_id("router"), pattern=settings.domain_pattern()),
+        WatchedGroup(settings.group_id("router-status"), topics=(settings.status_topic,)),
+    ]
     async with running(app) as client:
 
         async def lag_lines() -> list[str]:

@@ -21,7 +21,7 @@ def json_lines(text: str) -> list[dict]:
 def test_logs_are_json_lines_that_never_show_an_address_or_number_in_clear(platform):
     tag = uuid.uuid4().hex[:8]
     emails = [f"ada.{tag}@example.com", f"grace.{tag}@example.org", f"broken.{tag}@example.net"]
-    phones = [f"+1415555{int(tag[:4], 16) % 10000:04d}", f"+4915112{int(tag[4:], 16) % 100000:05d}"]
+    phones = [f"+1415555{int(tag[:4], 16) % 10000:04d}", f"+4915112{int(tag[4:], 16) % 1000000:06d}"]
     users = [f"u-{tag}-{i}" for i in range(2)]
     settings = platform.settings
 

@@ -48,6 +48,7 @@ async def test_bad_input_is_dead_lettered_with_the_reason_and_routing_goes_on(ro
         (json.dumps(_event("hall.alert", {"hall_id": "h", "hall_name": "H", "alert": "a", "admin_ids": ["u_1", 7]})).encode(), "invalid_data"),
         (json.dumps(_event("message.received", {"message_id": "m", "conversation_id": "c", "sender_id": "s", "sender_name": "S", "preview": "p"})).encode(), "invalid_data"),
         (json.dumps(_event("user.deleted", {"user_id": "u\u0000x"})).encode(), "invalid_data"),
+        (json.dumps(_event("user.created", {"user_id": "u_9", "email": "a@example.com", "phone_verified_at": "not a time"})).encode(), "invalid_data"),
         (json.dumps(_event("review.received", {"review_id": "r", "instructor_id": "u\u0000x", "reviewer_id": "x", "reviewer_name": "X", "rating": 5})).encode(), "invalid_data"),
         (json.dumps({**_event("payout.paid", {}), "id": "e\u0000"}).encode(), "not_cloudevent"),
     ]
@@ -65,7 +66,7 @@ async def test_bad_input_is_dead_lettered_with_the_reason_and_routing_goes_on(ro
     assert (traced["decision"], traced["reason"], traced["user_id"]) == ("dead_lettered", "invalid_data", None)
     metrics = (await router.client.get("/metrics/")).text
     assert 'herald_events_total{outcome="skipped",type="unknown"} 1.0' in metrics
-    assert 'herald_dead_lettered_total{reason="invalid_data",stage="router"} 6.0' in metrics
+    assert 'herald_dead_lettered_total{reason="invalid_data",stage="router"} 7.0' in metrics
 
 
 async def test_a_duplicate_event_yields_identical_notification_ids_and_one_trace(router):
