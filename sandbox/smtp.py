@@ -16,6 +16,7 @@ import email
 import email.policy
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -93,7 +94,13 @@ class Handler:
 
 
 def port() -> int:
-    return int(os.environ.get("HERALD_SANDBOX_SMTP_PORT", "2525"))
+    """``HERALD_SANDBOX_SMTP_PORT`` (default 2525); 0 takes any free port (tests that send no mail)."""
+    wanted = int(os.environ.get("HERALD_SANDBOX_SMTP_PORT", "2525"))
+    if wanted:
+        return wanted
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @contextlib.asynccontextmanager

@@ -22,9 +22,10 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / ".artifacts"
 
 @pytest.fixture(scope="session", autouse=True)
 def _own_sandbox_ports() -> Iterator[None]:
-    """Sandboxes started by tests listen on free ports, so the suite runs beside a `make run` that is up."""
+    """Each sandbox a test starts takes its own free SMTP port (tests that read mail set one), so the
+    suite runs beside a `make run` that is up and several sandboxes can be up at once."""
     previous = os.environ.get("HERALD_SANDBOX_SMTP_PORT")
-    os.environ["HERALD_SANDBOX_SMTP_PORT"] = str(local.free_port())
+    os.environ["HERALD_SANDBOX_SMTP_PORT"] = "0"
     yield
     if previous is None:
         os.environ.pop("HERALD_SANDBOX_SMTP_PORT", None)
