@@ -45,13 +45,18 @@ def sandbox_server() -> Iterator[tuple[str, int]]:
     previous = os.environ.get("HERALD_SANDBOX_SMTP_PORT")
     os.environ["HERALD_SANDBOX_SMTP_PORT"] = str(smtp_port)
     try:
-        with serve(create_app()) as url:
-            yield url, smtp_port
+        server = serve(create_app())
+        url = server.__enter__()  # the SMTP port is read at start-up
     finally:
+        # Only this sandbox listens there: sandboxes other tests start take their own ports.
         if previous is None:
             os.environ.pop("HERALD_SANDBOX_SMTP_PORT", None)
         else:
             os.environ["HERALD_SANDBOX_SMTP_PORT"] = previous
+    try:
+        yield url, smtp_port
+    finally:
+        server.__exit__(None, None, None)
 
 
 @dataclass
