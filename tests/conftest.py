@@ -15,6 +15,7 @@ from herald import infra as local
 from herald.cli import migrations_of_all
 from shared import apply_migrations
 
+from . import support
 from .support import Infra, new_namespace, test_id
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / ".artifacts"
@@ -70,6 +71,12 @@ async def _flush(url: str) -> None:
     client = aioredis.Redis.from_url(url)
     await client.flushdb()
     await client.aclose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _shared_producers() -> AsyncIterator[None]:
+    yield
+    await support.close_producers()
 
 
 @pytest.fixture

@@ -115,14 +115,30 @@ def cloud_event(event_type: str, data: Any, *, id: str | None = None, source: st
     }
 
 
-async def produce(bootstrap: str, topic: str, value: bytes | dict[str, Any], *, key: bytes | None = None) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        payload = value if isinstance(value, bytes) else json.dumps(value).encode()
-        await producer.send_and_wait(topic, payload, key=key)
-    finally:
+_producers: dict[str, AIOKafkaProducer] = {}
+
+
+async def shared_producer(bootstrap: str) -> AIOKafkaProducer:
+    """One started producer per broker for the whole session: tests that publish hundreds of records
+    must not open (and bootstrap) a connection for each of them."""
+    producer = _producers.get(bootstrap)
+    if producer is None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        _producers[bootstrap] = producer
+    return producer
+
+
+async def close_producers() -> None:
+    while _producers:
+        _, producer = _producers.popitem()
         await producer.stop()
+
+
+async def produce(bootstrap: str, topic: str, value: bytes | dict[str, Any], *, key: bytes | None = None) -> None:
+    producer = await shared_producer(bootstrap)
+    payload = value if isinstance(value, bytes) else json.dumps(value).encode()
+    await producer.send_and_wait(topic, payload, key=key)
 
 
 class TopicReader:
