@@ -179,7 +179,46 @@ class EmailTemplates:
         return Rendered(subject=subject, html=self.inliner.inline(html), text=text.strip() + "\n")
 
 
-def build_message(
+@dataclass(frozen=True)
+class Email:
+    """One email, checked and ready for any provider: mailboxes parsed by the email library, every
+    header value on one line. SMTP turns it into an ``EmailMessage`` (``message()``); an HTTP API
+    such as Resend takes its fields as JSON, so it never pays for building and re-parsing MIME."""
+
+    sender: Address
+    to: Address
+    reply_to: Address | None
+    subject: str
+    message_id: str
+    html: str
+    text: str
+    #: Further headers, in order (``X-Herald-Notification-Id``, ``List-Unsubscribe``, ``List-Unsubscribe-Post``).
+    headers: tuple[tuple[str, str], ...]
+
+    def message(self, *, now: datetime | None = None) -> EmailMessage:
+        """A multipart/alternative message; every header is set through the email library, never concatenated."""
+        message = EmailMessage(policy=POLICY)
+        message["From"] = self.sender
+        message["To"] = self.to
+        if self.reply_to is not None:
+            message["Reply-To"] = self.reply_to
+        message["Subject"] = self.subject
+        message["Date"] = format_datetime(now or datetime.now().astimezone())
+        message["Message-ID"] = self.message_id
+        for name, value in self.headers:
+            message[name] = value
+        message.set_content(self.text)
+        message.add_alternative(self.html, subtype="html")
+        return message
+
+
+def _one_header_line(name: str, value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"header {name} value contains a linefeed or carriage return")
+    return value
+
+
+def compose(
     rendered: Rendered,
     *,
     to: str,
@@ -188,25 +227,23 @@ def build_message(
     notification_id: uuid.UUID,
     reply_to: str | None = None,
     unsubscribe_url: str | None = None,
-    now: datetime | None = None,
-) -> EmailMessage:
-    """A multipart/alternative message; every header is set through the email library, never concatenated.
-
-    Raises ``ValueError`` for an address that is not one plain mailbox.
-    """
-    recipient = Address(addr_spec=to)
-    message = EmailMessage(policy=POLICY)
-    message["From"] = Address(display_name=one_line(sender_name), addr_spec=sender)
-    message["To"] = recipient
-    if reply_to:
-        message["Reply-To"] = Address(addr_spec=reply_to)
-    message["Subject"] = one_line(rendered.subject)
-    message["Date"] = format_datetime(now or datetime.now().astimezone())
-    message["Message-ID"] = make_msgid(idstring=notification_id.hex, domain=sender.rpartition("@")[2] or None)
-    message["X-Herald-Notification-Id"] = str(notification_id)
+) -> Email:
+    """The email of ``rendered`` for ``to``. Raises ``ValueError`` for an address that is not one plain mailbox."""
+    headers = [("X-Herald-Notification-Id", str(notification_id))]
     if unsubscribe_url:
-        message["List-Unsubscribe"] = f"<{unsubscribe_url}>"
-        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    message.set_content(rendered.text)
-    message.add_alternative(rendered.html, subtype="html")
-    return message
+        headers += [("List-Unsubscribe", f"<{_one_header_line('List-Unsubscribe', unsubscribe_url)}>"), ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
+    return Email(
+        sender=Address(display_name=one_line(sender_name), addr_spec=sender),
+        to=Address(addr_spec=to),
+        reply_to=Address(addr_spec=reply_to) if reply_to else None,
+        subject=one_line(rendered.subject),
+        message_id=make_msgid(idstring=notification_id.hex, domain=sender.rpartition("@")[2] or None),
+        html=rendered.html,
+        text=rendered.text,
+        headers=tuple(headers),
+    )
+
+
+def build_message(rendered: Rendered, *, now: datetime | None = None, **options: Any) -> EmailMessage:
+    """``compose(rendered, **options).message(now=now)``: the MIME message an SMTP relay is given."""
+    return compose(rendered, **options).message(now=now)

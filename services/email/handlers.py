@@ -11,7 +11,7 @@ from faststream.kafka import KafkaRouter
 
 from shared import Channel, Dispatch, Ledger, PermanentError, Resources, SenderPipeline, Suppressed, TemplateError, mask_email
 
-from .compose import EmailTemplates, build_message
+from .compose import EmailTemplates, compose
 from .logic import event_data, unsubscribable, unsubscribe_link, unsubscribe_token
 from .providers import EmailProvider, make_provider
 from .settings import Settings
@@ -47,13 +47,13 @@ def build_pipeline(settings: Settings, templates: EmailTemplates) -> SenderPipel
         except TemplateError as exc:
             raise PermanentError("template_error", str(exc)) from None
         try:
-            message = build_message(
+            email = compose(
                 rendered, to=dispatch.recipient.email, sender=settings.email_from, sender_name=settings.email_from_name,
                 reply_to=settings.email_reply_to, notification_id=dispatch.notification_id, unsubscribe_url=unsubscribe,
             )
         except ValueError as exc:
             raise PermanentError("invalid_address", f"{mask_email(dispatch.recipient.email)}: {type(exc).__name__}") from None
-        return await provider.send(message, idempotency_key=str(dispatch.notification_id))
+        return await provider.send(email, idempotency_key=str(dispatch.notification_id))
 
     return SenderPipeline(
         settings, Channel.email, deliver, ledger=Ledger("email"), max_attempts=settings.email_max_attempts,

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from services.email.compose import Rendered, build_message
+from services.email.compose import Rendered, build_message, compose
 from services.email.providers.resend import payload
 
 NID = uuid.UUID("6f1f3c2e-6a43-5d4e-9c61-8a3b2f0e7d11")
@@ -50,7 +50,8 @@ def test_a_recipient_that_is_not_one_plain_mailbox_is_refused(address):
 
 
 def test_the_resend_payload_carries_the_same_message():
-    body = payload(build(unsubscribe_url="https://herald.example/u?token=abc"))
+    body = payload(compose(RENDERED, to="ada@example.com", sender="notifications@herald.example", sender_name="Herald", notification_id=NID,
+                           unsubscribe_url="https://herald.example/u?token=abc"))
     assert body["from"] == "Herald <notifications@herald.example>" and body["to"] == ["ada@example.com"]
     assert body["subject"] == "Hello" and body["text"] == "Hi\n" and "<p>Hi</p>" in body["html"]
     assert body["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
@@ -65,3 +66,9 @@ def test_the_message_policy_itself_refuses_a_header_with_a_line_break():
     message = EmailMessage(policy=POLICY)
     with pytest.raises(ValueError, match="linefeed or carriage return"):
         message["Subject"] = "Hi\r\nBcc: evil@example.com"
+
+
+def test_an_unsubscribe_link_with_a_line_break_is_refused_before_any_provider():
+    with pytest.raises(ValueError, match="linefeed or carriage return"):
+        compose(RENDERED, to="ada@example.com", sender="n@herald.example", sender_name="Herald", notification_id=NID,
+                unsubscribe_url="https://herald.example/u\r\nBcc: evil@example.com")

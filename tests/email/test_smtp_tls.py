@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from herald.infra import free_port
-from services.email.compose import Rendered, build_message
+from services.email.compose import Rendered, compose
 from services.email.providers.smtp import SmtpProvider
 from services.email.settings import Settings
 from shared import PermanentError, TransientError
@@ -60,7 +60,7 @@ def tls_relay(certificate):
 
 def message():
     rendered = Rendered(subject="Hello", html="<p>Hi</p>", text="Hi\n")
-    return build_message(rendered, to="ada@example.com", sender="n@herald.example", sender_name="Herald", notification_id=uuid.uuid4())
+    return compose(rendered, to="ada@example.com", sender="n@herald.example", sender_name="Herald", notification_id=uuid.uuid4())
 
 
 async def test_starttls_is_used_when_configured(tls_relay, certificate):

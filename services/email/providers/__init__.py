@@ -1,22 +1,24 @@
 """Where email leaves Herald: one small interface, an SMTP relay or the Resend HTTP API.
 
-    EmailProvider.send(message, idempotency_key=) -> provider message id
+    EmailProvider.send(email, idempotency_key=) -> provider message id
         raises TransientError (timeout, connection lost, 4xx SMTP reply, HTTP 408/429/5xx)
             or PermanentError (5xx SMTP reply, other HTTP 4xx)
 """
 
 from __future__ import annotations
 
-from email.message import EmailMessage
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..settings import Settings
+
+if TYPE_CHECKING:
+    from ..compose import Email
 
 
 class EmailProvider(Protocol):
     name: str
 
-    async def send(self, message: EmailMessage, *, idempotency_key: str) -> str:
+    async def send(self, email: Email, *, idempotency_key: str) -> str:
         """Hand one message over; the provider's id for it."""
         ...
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from email.message import EmailMessage
 from typing import Any
 
 import httpx
 
 from shared import PermanentError, TransientError
 
+from ..compose import Email
 from ..logic import http_failure
 from ..settings import Settings
 
@@ -19,24 +19,18 @@ from ..settings import Settings
 #: several small clients rather than one big one (about 6x less CPU at 256 in flight).
 CONNECTIONS_PER_CLIENT = 16
 
-#: Headers Resend is asked to add to the message as they are.
-_PASSED_HEADERS = ("List-Unsubscribe", "List-Unsubscribe-Post", "X-Herald-Notification-Id")
-
-
-def payload(message: EmailMessage) -> dict[str, Any]:
-    """The JSON body of ``POST /emails`` for a message built by ``compose.build_message``."""
-    html = message.get_body(("html",))
-    text = message.get_body(("plain",))
+def payload(email: Email) -> dict[str, Any]:
+    """The JSON body of ``POST /emails``; Resend adds the extra headers to the message as they are."""
     body: dict[str, Any] = {
-        "from": str(message["From"]),
-        "to": [str(message["To"])],
-        "subject": str(message["Subject"]),
-        "html": html.get_content() if html is not None else None,
-        "text": text.get_content() if text is not None else None,
-        "headers": {name: str(message[name]) for name in _PASSED_HEADERS if message[name] is not None},
+        "from": str(email.sender),
+        "to": [str(email.to)],
+        "subject": email.subject,
+        "html": email.html,
+        "text": email.text,
+        "headers": dict(email.headers),
     }
-    if message["Reply-To"] is not None:
-        body["reply_to"] = [str(message["Reply-To"])]
+    if email.reply_to is not None:
+        body["reply_to"] = [str(email.reply_to)]
     return body
 
 
@@ -57,10 +51,10 @@ class ResendProvider:
         ]
         self._next = itertools.cycle(self.clients)
 
-    async def send(self, message: EmailMessage, *, idempotency_key: str) -> str:
+    async def send(self, email: Email, *, idempotency_key: str) -> str:
         client = next(self._next)
         try:
-            response = await client.post("/emails", json=payload(message), headers={"Idempotency-Key": idempotency_key})
+            response = await client.post("/emails", json=payload(email), headers={"Idempotency-Key": idempotency_key})
         except httpx.TimeoutException as exc:
             raise TransientError("timeout", type(exc).__name__) from None
         except httpx.TransportError as exc:

@@ -10,6 +10,7 @@ import aiosmtplib
 
 from shared import TransientError
 
+from ..compose import Email
 from ..logic import smtp_failure
 from ..settings import Settings
 
@@ -39,7 +40,8 @@ class SmtpProvider:
             password=s.smtp_password.get_secret_value() if s.smtp_password else None,
         )
 
-    async def send(self, message: EmailMessage, *, idempotency_key: str) -> str:
+    async def send(self, email: Email, *, idempotency_key: str) -> str:
+        message = email.message()
         async with self._slots:
             reused = bool(self._idle)
             client = self._idle.pop() if reused else self._client()
@@ -60,7 +62,7 @@ class SmtpProvider:
                 client.close()
                 raise
             self._idle.append(client)
-        return str(message["Message-ID"])
+        return email.message_id
 
     async def _send(self, client: aiosmtplib.SMTP, message: EmailMessage) -> None:
         try:
