@@ -48,23 +48,20 @@ async def set_delay(body: Delay) -> None:
 
 
 def received(envelope: Any) -> Received:
-    """What the page shows about one accepted message."""
+    """One accepted message; parsed (subject, parts, headers) when it is first shown."""
     raw = envelope.original_content or envelope.content
-    message = email.message_from_bytes(raw, policy=email.policy.default)
-    text = message.get_body(("plain",))
-    html = message.get_body(("html",))
-    return Received(
-        provider=PROVIDER,
-        to=", ".join(envelope.rcpt_tos),
-        subject=str(message.get("Subject", "")),
-        text=text.get_content() if text is not None else "",
-        html=html.get_content() if html is not None else "",
-        meta={
-            "mail_from": envelope.mail_from,
-            "rcpt_tos": list(envelope.rcpt_tos),
-            "headers": [[name, str(value)] for name, value in message.items()],
-        },
-    )
+    rcpt_tos = list(envelope.rcpt_tos)
+
+    def settle(message: Received) -> None:
+        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        text = parsed.get_body(("plain",))
+        html = parsed.get_body(("html",))
+        message.subject = str(parsed.get("Subject", ""))
+        message.text = text.get_content() if text is not None else ""
+        message.html = html.get_content() if html is not None else ""
+        message.meta["headers"] = [[name, str(value)] for name, value in parsed.items()]
+
+    return Received(provider=PROVIDER, to=", ".join(rcpt_tos), meta={"mail_from": envelope.mail_from, "rcpt_tos": rcpt_tos}, settle=settle)
 
 
 async def _hang(server: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,15 @@ class Received:
     meta: dict[str, Any] = field(default_factory=dict)
     id: int = field(default_factory=lambda: next(_ids))
     at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    #: Fills the fields above the first time the message is read, so a stand-in under load keeps
+    #: what it received as it came and parses it only when someone looks.
+    settle: Callable[[Received], None] | None = field(default=None, repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.settle is not None:
+            settle, self.settle = self.settle, None
+            settle(self)
+        return {k: v for k, v in asdict(self).items() if k != "settle"}
 
 
 @dataclass
@@ -43,7 +53,7 @@ class Store:
         return message
 
     def list(self, provider: str | None = None) -> list[dict[str, Any]]:
-        return [asdict(m) for m in self.messages if provider in (None, m.provider)]
+        return [m.as_dict() for m in self.messages if provider in (None, m.provider)]
 
     def clear(self) -> None:
         self.messages.clear()

@@ -135,7 +135,7 @@ async def run(args: argparse.Namespace) -> None:
             "extract(epoch FROM max(sent_at) - min(claimed_at)) AS seconds FROM email.ledger"
         )
         await db.close()
-        received = len(httpx.get(f"http://127.0.0.1:{http_port}/api/messages", params={"provider": args.provider}).json())
+        received = len(httpx.get(f"http://127.0.0.1:{http_port}/api/messages", params={"provider": args.provider}, timeout=120).json())
         seconds = float(row["seconds"])
         print(f"loop={type(asyncio.get_running_loop()).__module__.split('.')[0]} provider={args.provider} latency={args.latency_ms}ms concurrency={args.concurrency} batch={args.batch} count={args.count}")
         print(f"sent={row['sent']} not_sent={row['other']} received_by_sandbox={received}")

@@ -41,7 +41,18 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
         for kind in ("json", "jsonb"):
             await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
-    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init)
+    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init, reset=_no_session_state)
+
+
+async def _no_session_state(conn: asyncpg.Connection) -> None:
+    """What a connection needs before the pool lends it again, beyond asyncpg's own rollback of a
+    transaction left open (which runs whatever ``reset`` is): nothing.
+
+    asyncpg's default reset also sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``
+    on every release: a round trip per query for session state Herald never leaves behind. Its
+    statements change session state only inside a transaction (``SET LOCAL``, transaction-level
+    advisory locks); the migration lock is taken and released on a connection of its own.
+    """
 
 
 async def ensure_database(dsn: str) -> bool:

@@ -72,3 +72,15 @@ def test_an_unsubscribe_link_with_a_line_break_is_refused_before_any_provider():
     with pytest.raises(ValueError, match="linefeed or carriage return"):
         compose(RENDERED, to="ada@example.com", sender="n@herald.example", sender_name="Herald", notification_id=NID,
                 unsubscribe_url="https://herald.example/u\r\nBcc: evil@example.com")
+
+
+def test_messages_that_share_parsed_headers_each_keep_their_own():
+    first = build(sender_name="Alpha", reply_to="a@herald.example", unsubscribe_url="https://herald.example/u?token=1")
+    second = build(sender_name="Beta")
+    again = build(sender_name="Alpha", reply_to="a@herald.example")
+    parsed = [email.message_from_bytes(m.as_bytes(), policy=email.policy.default) for m in (first, second, again)]
+    assert [p["From"] for p in parsed] == ["Alpha <notifications@herald.example>", "Beta <notifications@herald.example>", "Alpha <notifications@herald.example>"]
+    assert [p["Reply-To"] for p in parsed] == ["a@herald.example", None, "a@herald.example"]
+    assert [p["List-Unsubscribe-Post"] for p in parsed] == ["List-Unsubscribe=One-Click", None, None]
+    assert len({p.get_boundary() for p in parsed}) == 3
+    assert all([part.get_content_type() for part in p.iter_parts()] == ["text/plain", "text/html"] for p in parsed)
