@@ -84,3 +84,10 @@ def test_messages_that_share_parsed_headers_each_keep_their_own():
     assert [p["List-Unsubscribe-Post"] for p in parsed] == ["List-Unsubscribe=One-Click", None, None]
     assert len({p.get_boundary() for p in parsed}) == 3
     assert all([part.get_content_type() for part in p.iter_parts()] == ["text/plain", "text/html"] for p in parsed)
+
+
+def test_line_breaks_cannot_reach_the_resend_payload_either():
+    evil = Rendered(subject="Hi\r\nBcc: evil@example.com", html="<p/>", text="x")
+    body = payload(compose(evil, to="ada@example.com", sender="n@herald.example", sender_name="Herald\r\nBcc: evil@example.com", notification_id=NID))
+    assert body["subject"] == "Hi Bcc: evil@example.com" and "\n" not in body["from"] and "\r" not in body["from"]
+    assert all("\n" not in value and "\r" not in value for value in body["headers"].values())
