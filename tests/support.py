@@ -7,17 +7,20 @@ import contextlib
 import datetime as dt
 import json
 import os
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 import jwt
+import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from fastapi import FastAPI
 
+from herald.infra import free_port
 from shared import HeraldSettings, create_topics
 
 S = TypeVar("S", bound=HeraldSettings)
@@ -174,3 +177,36 @@ class TopicReader:
 
 def test_id() -> str:
     return os.environ.get("HERALD_TEST_ID", "main")
+
+
+class ServerThread:
+    """An ASGI app served by uvicorn on a loopback port (free unless given), in a thread and event loop
+    of its own: a real HTTP server the test reaches over TCP."""
+
+    def __init__(self, app: Any, port: int | None = None, *, timeout: float = 60.0, graceful_seconds: int = 5) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.timeout = timeout
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=graceful_seconds)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + self.timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"server on port {self.port} did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def serve(app: Any, *, timeout: float = 60.0) -> Iterator[str]:
+    """Serve ``app`` (see ``ServerThread``) until the block ends; yields its base URL."""
+    with ServerThread(app, timeout=timeout) as server:
+        yield server.url

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -13,12 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import uvicorn
 
 from herald.infra import free_port
 from shared import Channel, Dispatch, Recipient
 
-from ..support import eventually
+from ..support import ServerThread, eventually
 
 
 def dispatch(user_id: str, **overrides: Any) -> Dispatch:
@@ -38,17 +36,13 @@ def dispatch(user_id: str, **overrides: Any) -> Dispatch:
     return Dispatch(**values)
 
 
-class Server:
-    """A real uvicorn server running an app in a thread of its own (its own event loop)."""
+class Server(ServerThread):
+    """A real uvicorn server running an app in a thread of its own, entered once it answers ``/readyz``."""
 
     ready_path = "/readyz"
 
     def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=3)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
+        super().__init__(app, graceful_seconds=3)
 
     async def __aenter__(self) -> Server:
         self.thread.start()

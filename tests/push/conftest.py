@@ -3,47 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from herald.infra import free_port
 from sandbox.app import create_app as create_sandbox
 from services.push.app import create_app
 from services.push.settings import Settings
 from shared import Channel, Dispatch, Recipient
 
-from ..support import bearer, make_topics, settings_for
-
-
-@contextlib.contextmanager
-def serve_in_thread(app: Any, *, timeout: float = 60.0) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn on a free loopback port in its own thread; yield its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"server on port {port} did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+from ..support import bearer, make_topics, serve, settings_for
 
 
 @pytest.fixture(scope="session")
 def sandbox_url() -> Iterator[str]:
-    with serve_in_thread(create_sandbox()) as url:
+    with serve(create_sandbox()) as url:
         yield url
 
 
@@ -75,7 +52,7 @@ async def push_service(settings: Settings):
     """The push service (API and Kafka consumers) over HTTP; yields (base URL, app)."""
     await make_topics(settings)
     app = create_app(settings)
-    with serve_in_thread(app) as url:
+    with serve(app) as url:
         yield url, app
 
 

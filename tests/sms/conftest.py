@@ -6,8 +6,6 @@ import contextlib
 import json
 import logging
 import random
-import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -15,43 +13,14 @@ from typing import Any
 import httpx
 import phonenumbers
 import pytest
-import uvicorn
 from aiokafka import AIOKafkaProducer
 
-from herald.infra import free_port
 from sandbox.app import create_app as create_sandbox
 from services.sms.app import create_app
 from services.sms.settings import Settings
 from shared import Channel, Dispatch, Recipient
 
-from ..support import TopicReader, eventually, make_topics, running, settings_for
-
-
-class ServerThread:
-    """An ASGI app served by uvicorn on a free loopback port, in a thread of its own."""
-
-    def __init__(self, app: Any, port: int | None = None) -> None:
-        self.port = port or free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+from ..support import ServerThread, TopicReader, eventually, make_topics, running, settings_for
 
 
 @pytest.fixture(scope="session")
