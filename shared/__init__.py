@@ -34,7 +34,7 @@ from ._models import (
 )
 from ._ratelimit import Grant, Limit, RateLimiter
 from ._sender import Deliver, Ledger, SenderPipeline, retry_delay
-from ._templates import MessageTemplates, TemplateError
+from ._templates import MessageTemplates, TemplateError, local_times
 from ._settings import CommaList, HeraldSettings, split_commas
 
 __all__ = [
@@ -84,6 +84,7 @@ __all__ = [
     "event_id_var",
     "header",
     "load_migrations",
+    "local_times",
     "make_broker",
     "mask_email",
     "mask_phone",

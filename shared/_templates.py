@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from jinja2 import StrictUndefined, Template
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+#: Fields of event data that hold a moment (ISO 8601) a person reads as a time of day.
+TIME_FIELDS = ("starts_at", "ends_at", "at")
+
+
+def local_times(data: dict[str, Any], timezone: str, *, fmt: str = "%Y-%m-%d %H:%M") -> dict[str, Any]:
+    """``data`` with its time fields shown in the recipient's zone (UTC for an unknown zone).
+
+    The event carries UTC; a person reading "15:00Z" in Berlin should see 16:00. A value that is
+    not an ISO 8601 moment is left as it is.
+    """
+    try:
+        zone = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = ZoneInfo("UTC")
+    out = dict(data)
+    for name in TIME_FIELDS:
+        value = out.get(name)
+        if isinstance(value, str):
+            try:
+                moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if moment.tzinfo is not None:
+                moment = moment.astimezone(zone)
+            out[name] = moment.strftime(fmt)
+    return out
 
 
 class TemplateError(RuntimeError):

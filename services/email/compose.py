@@ -9,12 +9,12 @@ are not (they are not HTML), and a subject is one line whatever the data holds.
 
 from __future__ import annotations
 
-from email.policy import EmailPolicy
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any, ClassVar

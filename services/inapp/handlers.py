@@ -18,6 +18,7 @@ from shared import (
     SenderPipeline,
     TemplateError,
     TransientError,
+    local_times,
 )
 
 from . import logic, repo, stream
@@ -27,7 +28,7 @@ from .settings import Settings
 async def store_notification(dispatch: Dispatch, res: Resources, *, templates: MessageTemplates, settings: Settings) -> str:
     """Store a dispatch as one inbox row, then announce it to every instance's open streams."""
     try:
-        text = templates.render(dispatch.template, dispatch.locale, dispatch.data)
+        text = templates.render(dispatch.template, dispatch.locale, local_times(dispatch.data, dispatch.timezone))
     except TemplateError as exc:
         raise PermanentError("template_error", str(exc)) from None
     user_id = dispatch.recipient.user_id

@@ -28,6 +28,7 @@ from shared import (
     Suppressed,
     TemplateError,
     TransientError,
+    local_times,
 )
 
 from . import logic, repo
@@ -70,7 +71,7 @@ class PushDelivery:
     def payload(self, dispatch: Dispatch, res: Resources) -> bytes:
         """The push's JSON: rendered title and body, absolute URL, id and category, shortened to the limit."""
         try:
-            text = self.templates.render(dispatch.template, dispatch.locale, dispatch.data)
+            text = self.templates.render(dispatch.template, dispatch.locale, local_times(dispatch.data, dispatch.timezone))
         except TemplateError as exc:
             raise PermanentError("template_error", str(exc)) from None
         try:

@@ -8,13 +8,11 @@ import math
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 
-from shared import DeliveryState, Limit, mask_phone
+from shared import DeliveryState, Limit, local_times, mask_phone
 
 # GSM 03.38 default alphabet (one septet each) and its extension table (escape + one septet).
 GSM7_BASIC = frozenset(
@@ -210,28 +208,9 @@ def receipt_reason(message_status: str, error_code: str | None) -> str | None:
 
 # --- rendering ----------------------------------------------------------------
 
-TIME_FIELDS = ("starts_at", "ends_at", "at")
-
-
 def template_data(data: dict[str, Any], *, url: str | None, timezone: str) -> dict[str, Any]:
     """The variables an SMS template sees: the event's data, times shown in the recipient's zone, and ``url``."""
-    try:
-        zone = ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        zone = ZoneInfo("UTC")
-    out = dict(data)
-    for name in TIME_FIELDS:
-        value = out.get(name)
-        if isinstance(value, str):
-            try:
-                moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                continue
-            if moment.tzinfo is not None:
-                moment = moment.astimezone(zone)
-            out[name] = moment.strftime("%Y-%m-%d %H:%M")
-    out["url"] = url
-    return out
+    return {**local_times(data, timezone), "url": url}
 
 
 # --- phone verification ---------------------------------------------------------

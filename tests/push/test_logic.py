@@ -227,3 +227,19 @@ def test_every_notification_the_catalogue_sends_by_push_has_a_push_template():
     catalogue = yaml.safe_load(pathlib.Path("services/router/catalogue.yaml").read_text())
     wanted = {n["template"] for entries in catalogue.values() for n in entries or [] if "push" in n["channels"]}
     assert wanted and wanted <= MessageTemplates(TEMPLATES).names()
+
+
+def test_a_time_in_the_push_body_is_shown_in_the_recipients_zone():
+    from services.push.app import TEMPLATES
+    from services.push.handlers import PushDelivery
+    from services.push.settings import Settings
+    from shared import Channel, Dispatch, Ledger, MessageTemplates, Recipient
+
+    delivery = PushDelivery(Settings(frontend_url="https://app.example.com"), MessageTemplates(TEMPLATES), Ledger("push"))
+    dispatch = Dispatch(
+        notification_id=uuid.uuid4(), event_id="e1", event_source="tests", event_type="booking.confirmed", category="lesson_updates",
+        channel=Channel.push, recipient=Recipient(user_id="u_1"), template="booking_confirmed_student", timezone="America/New_York",
+        data={"booking_id": "b_1", "student_id": "u_1", "instructor_id": "u_2", "title": "Piano", "starts_at": "2026-12-01T15:00:00Z"},
+    )
+    payload = json.loads(delivery.payload(dispatch, res=None))  # type: ignore[arg-type] - resources are only used for an oversize body
+    assert payload["body"] == "See you on 2026-12-01 10:00."
