@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 from collections import Counter
@@ -43,6 +44,7 @@ class Item:
     notifications: tuple[Notification, ...] = ()
     recipients: dict[Notification, list[str] | None] = field(default_factory=dict)
     failed: InvalidMessage | None = None
+    too_large: bool = False  # a dispatch of it exceeded the largest record; dead-lettered once
 
 
 @dataclass
@@ -91,7 +93,7 @@ class BatchRouter:
                         chunk.dead.append(self.dead_letter(item, res, chunk.trace))
                     elif item.event is not None and item.notifications:
                         targeted = {n: users for n, users in item.recipients.items() if users is not None}
-                        self.collect(item, list(targeted), targeted, profiles, chunk)
+                        self.collect(item, list(targeted), targeted, profiles, chunk, res)
                         chunk.events[item.event.type] += 1
                 chunk.count(res)
                 dispatches += chunk.out
@@ -141,21 +143,36 @@ class BatchRouter:
         recipients: dict[Notification, list[str] | None],
         profiles: dict[str, logic.Profile],
         chunk: Chunk,
+        res: Resources,
     ) -> None:
         """Decide for one event and add its dispatches and trace rows to the chunk."""
         event = item.event
         assert event is not None
         decisions = logic.route(event, item.data, notifications, recipients, profiles, frontend_url=self.settings.frontend_url)  # type: ignore[arg-type]
-        for decision in decisions:
+        oversize: list[str] = []
+        for i, decision in enumerate(decisions):
             critical = decision.notification.critical
             lane = "critical" if critical else "normal"
             if decision.dispatch is not None:
-                chunk.dispatches[(decision.channel.value, lane, "routed", "")] += 1
-                topic = self.settings.notify_topic(decision.channel.value, critical=critical)
-                chunk.out.append(Outgoing(topic, decision.dispatch, key=decision.user_id))
-            else:
-                chunk.dispatches[(decision.channel.value, lane, "suppressed", decision.reason)] += 1
+                value = decision.dispatch.model_dump_json().encode()
+                if len(value) > self.settings.kafka_max_message_bytes:
+                    # The broker would refuse it, and the batch with it, on every redelivery.
+                    detail = f"{decision.channel.value} dispatch of {len(value)} bytes exceeds HERALD_KAFKA_MAX_MESSAGE_BYTES ({self.settings.kafka_max_message_bytes})"
+                    oversize.append(detail)
+                    decisions[i] = decision = dataclasses.replace(decision, dispatch=None, reason="dispatch_too_large", detail=detail)
+                else:
+                    chunk.dispatches[(decision.channel.value, lane, "routed", "")] += 1
+                    topic = self.settings.notify_topic(decision.channel.value, critical=critical)
+                    chunk.out.append(Outgoing(topic, value, key=decision.user_id))
+                    continue
+            chunk.dispatches[(decision.channel.value, lane, "suppressed", decision.reason)] += 1
         chunk.trace += logic.trace_rows(event, decisions)
+        if oversize and not item.too_large:
+            # The event goes to the dead-letter topic once, so it can be replayed when the limit
+            # allows: its other dispatches carry the same notification ids and are not sent twice.
+            item.too_large = True
+            item.failed = InvalidMessage("dispatch_too_large", "; ".join(oversize))
+            chunk.dead.append(self.dead_letter(item, res, chunk.trace, count_event=False))
 
     async def broadcast(self, item: Item, notification: Notification, res: Resources) -> None:
         """A notification to every user not deleted, a page of the directory at a time."""
@@ -169,17 +186,18 @@ class BatchRouter:
                 break
             profiles = await recipients_of(res).profiles(page)
             chunk = Chunk()
-            self.collect(item, [notification], {notification: page}, profiles, chunk)
+            self.collect(item, [notification], {notification: page}, profiles, chunk, res)
             chunk.count(res)
             await self.finish(chunk, res)
             total += len(page)
             after = page[-1]
         log.info("broadcast %s %s to %d users", item.event.type, notification.template, total)
 
-    def dead_letter(self, item: Item, res: Resources, trace: list[dict[str, Any]]) -> Outgoing:
+    def dead_letter(self, item: Item, res: Resources, trace: list[dict[str, Any]], *, count_event: bool = True) -> Outgoing:
         exc, record = item.failed, item.record
         assert exc is not None
-        res.metrics.events.labels("invalid", "dead_lettered").inc()
+        if count_event:  # False for an event already counted as routed
+            res.metrics.events.labels("invalid", "dead_lettered").inc()
         res.metrics.dead_lettered.labels("router", exc.reason).inc()
         log.warning("dead-lettered %s/%s@%s: %s", record.topic, record.partition, record.offset, exc)
         if item.event is not None:

@@ -136,3 +136,35 @@ async def test_a_users_dispatches_keep_the_order_of_their_events_across_chunks(i
         async with TopicReader(infra.kafka_bootstrap, settings.notify_topic("inapp")) as inapp:
             await inapp.wait_for(len(events))
     assert [d["event_id"] for d in inapp.json()] == [e["id"] for e in events]
+
+
+async def test_an_event_whose_dispatch_would_exceed_the_largest_record_is_dead_lettered_and_routing_goes_on(infra, namespace):
+    from services.router.app import create_app
+
+    from ..support import make_topics
+    from .conftest import Harness
+
+    settings = settings_for(Settings, infra, namespace, kafka_max_message_bytes=1000)
+    await make_topics(settings)
+    app = create_app(settings)
+    user = new_user()
+    async with running(app) as client:
+        router = Harness(infra, settings, client, app)
+        big = await router.publish("message.received", {"message_id": "m1", "conversation_id": "c", "sender_id": "s", "sender_name": "S", "recipient_id": user, "preview": "p" * 500})
+        small = await router.publish("message.received", {"message_id": "m2", "conversation_id": "c", "sender_id": "s", "sender_name": "S", "recipient_id": user, "preview": "hi"})
+        routed = await router.trace(small["id"], 2)
+        traced = await router.trace(big["id"], 3)
+        async with TopicReader(infra.kafka_bootstrap, settings.dlq_topic) as dlq:
+            [dead] = await dlq.wait_for(1)
+        async with TopicReader(infra.kafka_bootstrap, settings.notify_topic("inapp")) as inapp:
+            await inapp.wait_for(1)
+            await asyncio.sleep(1)  # nothing more arrives
+            dispatched = [d["event_id"] for d in inapp.json()]
+        metrics = (await client.get("/metrics/")).text
+    assert by_channel(routed)["inapp"]["decision"] == "routed" and "dispatch_too_large" not in {i["reason"] for i in routed}
+    assert by_channel(traced)["inapp"]["reason"] == by_channel(traced)["push"]["reason"] == "dispatch_too_large"
+    assert [i["reason"] for i in traced if i["decision"] == "dead_lettered"] == ["dispatch_too_large"]
+    assert json.loads(dead.value)["id"] == big["id"] and dict(dead.headers)["herald-reason"] == b"dispatch_too_large"
+    assert b"HERALD_KAFKA_MAX_MESSAGE_BYTES" in dict(dead.headers)["herald-error"]
+    assert dispatched == [small["id"]]
+    assert 'herald_dead_lettered_total{reason="dispatch_too_large",stage="router"} 1.0' in metrics
