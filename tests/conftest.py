@@ -75,6 +75,7 @@ async def _flush(url: str) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 async def _shared_producers() -> AsyncIterator[None]:
+    support.share_producers_on(asyncio.get_running_loop())
     yield
     await support.close_producers()
 

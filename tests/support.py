@@ -119,17 +119,13 @@ def cloud_event(event_type: str, data: Any, *, id: str | None = None, source: st
 
 
 _producers: dict[str, AIOKafkaProducer] = {}
+_session_loop: asyncio.AbstractEventLoop | None = None
 
 
-async def shared_producer(bootstrap: str) -> AIOKafkaProducer:
-    """One started producer per broker for the whole session: tests that publish hundreds of records
-    must not open (and bootstrap) a connection for each of them."""
-    producer = _producers.get(bootstrap)
-    if producer is None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-        await producer.start()
-        _producers[bootstrap] = producer
-    return producer
+def share_producers_on(loop: asyncio.AbstractEventLoop) -> None:
+    """Let ``produce`` keep one producer per broker on ``loop`` (the session's event loop)."""
+    global _session_loop
+    _session_loop = loop
 
 
 async def close_producers() -> None:
@@ -139,8 +135,26 @@ async def close_producers() -> None:
 
 
 async def produce(bootstrap: str, topic: str, value: bytes | dict[str, Any], *, key: bytes | None = None) -> None:
-    producer = await shared_producer(bootstrap)
+    """Write one record and wait for the broker's acknowledgement.
+
+    On the session's event loop one started producer per broker serves every call: tests that
+    publish hundreds of records must not open (and bootstrap) a connection for each. Elsewhere
+    (``asyncio.run`` inside a synchronous test) a producer lives for the one call.
+    """
     payload = value if isinstance(value, bytes) else json.dumps(value).encode()
+    if asyncio.get_running_loop() is not _session_loop:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, payload, key=key)
+        finally:
+            await producer.stop()
+        return
+    producer = _producers.get(bootstrap)
+    if producer is None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        _producers[bootstrap] = producer
     await producer.send_and_wait(topic, payload, key=key)
 
 
