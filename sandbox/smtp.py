@@ -53,13 +53,17 @@ def received(envelope: Any) -> Received:
     rcpt_tos = list(envelope.rcpt_tos)
 
     def settle(message: Received) -> None:
-        parsed = email.message_from_bytes(raw, policy=email.policy.default)
-        text = parsed.get_body(("plain",))
-        html = parsed.get_body(("html",))
-        message.subject = str(parsed.get("Subject", ""))
-        message.text = text.get_content() if text is not None else ""
-        message.html = html.get_content() if html is not None else ""
-        message.meta["headers"] = [[name, str(value)] for name, value in parsed.items()]
+        try:
+            parsed = email.message_from_bytes(raw, policy=email.policy.default)
+            text = parsed.get_body(("plain",))
+            html = parsed.get_body(("html",))
+            message.subject = str(parsed.get("Subject", ""))
+            message.text = text.get_content() if text is not None else ""
+            message.html = html.get_content() if html is not None else ""
+            message.meta["headers"] = [[name, str(value)] for name, value in parsed.items()]
+        except Exception as exc:  # shown on the page rather than failing every later listing
+            message.meta["parse_error"] = f"{type(exc).__name__}: {exc}"
+            message.text = raw.decode("utf-8", errors="replace")
 
     return Received(provider=PROVIDER, to=", ".join(rcpt_tos), meta={"mail_from": envelope.mail_from, "rcpt_tos": rcpt_tos}, settle=settle)
 

@@ -43,7 +43,7 @@ class HeraldSettings(BaseSettings):
     kafka_max_batch: int = 500
     kafka_batch_timeout_ms: int = 50
     kafka_request_timeout_ms: int = 40_000  # a produce request (and a queued record) fails after this long
-    kafka_max_message_bytes: int = 1_000_000  # largest record Herald writes; keep under the broker's message.max.bytes
+    kafka_max_message_bytes: int = 1_000_000  # largest dispatch the router writes; keep under the broker's message.max.bytes
     kafka_group_prefix: str = "herald"
     kafka_metadata_max_age_ms: int = 30_000  # how soon a new domain.<area> topic is picked up by the router
     kafka_topic_namespace: str = ""  # prefixed to every topic name (isolates tests, or tenants of one cluster)

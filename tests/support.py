@@ -120,6 +120,7 @@ def cloud_event(event_type: str, data: Any, *, id: str | None = None, source: st
 
 _producers: dict[str, AIOKafkaProducer] = {}
 _session_loop: asyncio.AbstractEventLoop | None = None
+_producers_lock = asyncio.Lock()
 
 
 def share_producers_on(loop: asyncio.AbstractEventLoop) -> None:
@@ -150,11 +151,12 @@ async def produce(bootstrap: str, topic: str, value: bytes | dict[str, Any], *, 
         finally:
             await producer.stop()
         return
-    producer = _producers.get(bootstrap)
-    if producer is None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-        await producer.start()
-        _producers[bootstrap] = producer
+    async with _producers_lock:  # two first calls at once must not start (and leak) two producers
+        producer = _producers.get(bootstrap)
+        if producer is None:
+            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+            await producer.start()
+            _producers[bootstrap] = producer
     await producer.send_and_wait(topic, payload, key=key)
 
 

@@ -17,7 +17,7 @@ from email.message import EmailMessage
 from email.policy import EmailPolicy
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import css_inline
@@ -36,8 +36,8 @@ _LAYOUT_STRINGS = "_layout"
 
 
 #: Headers whose values repeat from one message to the next (the MIME structure, the sender). Their
-#: parsed and folded forms are kept and shared: header objects are immutable, and a message
-#: replaces rather than edits them. A multipart Content-Type carries a fresh boundary, so is not kept.
+#: parsed forms are kept and shared: header objects are immutable, and a message replaces rather
+#: than edits them. A multipart Content-Type carries a fresh boundary, so is not kept.
 _REPEATING = frozenset({"content-type", "content-transfer-encoding", "mime-version", "from", "reply-to", "list-unsubscribe-post"})
 _KEPT_AT_MOST = 512
 
@@ -78,25 +78,8 @@ class _CachedHeaderRegistry(HeaderRegistry):
         return found
 
 
-class _Policy(EmailPolicy):
-    """``EmailPolicy`` folding each repeating header once per line ending and length."""
-
-    _folded: ClassVar[dict[tuple[Any, ...], str]] = {}
-
-    def _fold(self, name: str, value: Any, refold_binary: bool = False) -> str:
-        if not hasattr(value, "name") or not _repeats(name, value):
-            return super()._fold(name, value, refold_binary)
-        key = (name.lower(), str(value), self.linesep, self.max_line_length, self.utf8, refold_binary)
-        found = self._folded.get(key)
-        if found is None:
-            found = super()._fold(name, value, refold_binary)
-            if len(self._folded) < _KEPT_AT_MOST:
-                self._folded[key] = found
-        return found
-
-
-#: ``email.policy.default`` (strict headers, CR/LF refused) with the caching registry and folding.
-POLICY = _Policy(header_factory=_CachedHeaderRegistry())
+#: ``email.policy.default`` (strict headers, CR/LF refused) with the caching registry.
+POLICY = EmailPolicy(header_factory=_CachedHeaderRegistry())
 
 
 @dataclass(frozen=True)
@@ -257,7 +240,7 @@ class Email:
 
 
 def _one_header_line(name: str, value: str) -> str:
-    if "\r" in value or "\n" in value:
+    if len(value.splitlines()) > 1:  # what the policy itself refuses: CR, LF and the other line breaks
         raise ValueError(f"header {name} value contains a linefeed or carriage return")
     return value
 

@@ -149,7 +149,7 @@ class BatchRouter:
         event = item.event
         assert event is not None
         decisions = logic.route(event, item.data, notifications, recipients, profiles, frontend_url=self.settings.frontend_url)  # type: ignore[arg-type]
-        oversize: list[str] = []
+        oversize: list[tuple[int, str]] = []  # (bytes, detail)
         for i, decision in enumerate(decisions):
             critical = decision.notification.critical
             lane = "critical" if critical else "normal"
@@ -158,7 +158,7 @@ class BatchRouter:
                 if len(value) > self.settings.kafka_max_message_bytes:
                     # The broker would refuse it, and the batch with it, on every redelivery.
                     detail = f"{decision.channel.value} dispatch of {len(value)} bytes exceeds HERALD_KAFKA_MAX_MESSAGE_BYTES ({self.settings.kafka_max_message_bytes})"
-                    oversize.append(detail)
+                    oversize.append((len(value), detail))
                     decisions[i] = decision = dataclasses.replace(decision, dispatch=None, reason="dispatch_too_large", detail=detail)
                 else:
                     chunk.dispatches[(decision.channel.value, lane, "routed", "")] += 1
@@ -171,7 +171,8 @@ class BatchRouter:
             # The event goes to the dead-letter topic once, so it can be replayed when the limit
             # allows: its other dispatches carry the same notification ids and are not sent twice.
             item.too_large = True
-            item.failed = InvalidMessage("dispatch_too_large", "; ".join(oversize))
+            summary = f"{len(oversize)} dispatch(es) too large; the largest: {max(oversize)[1]}"
+            item.failed = InvalidMessage("dispatch_too_large", summary)
             chunk.dead.append(self.dead_letter(item, res, chunk.trace, count_event=False))
 
     async def broadcast(self, item: Item, notification: Notification, res: Resources) -> None:

@@ -68,10 +68,11 @@ def test_the_message_policy_itself_refuses_a_header_with_a_line_break():
         message["Subject"] = "Hi\r\nBcc: evil@example.com"
 
 
-def test_an_unsubscribe_link_with_a_line_break_is_refused_before_any_provider():
+@pytest.mark.parametrize("line_break", ["\r\n", "\n", "\u2028", "\x0b"])
+def test_an_unsubscribe_link_with_a_line_break_is_refused_before_any_provider(line_break):
     with pytest.raises(ValueError, match="linefeed or carriage return"):
         compose(RENDERED, to="ada@example.com", sender="n@herald.example", sender_name="Herald", notification_id=NID,
-                unsubscribe_url="https://herald.example/u\r\nBcc: evil@example.com")
+                unsubscribe_url=f"https://herald.example/u{line_break}Bcc: evil@example.com")
 
 
 def test_messages_that_share_parsed_headers_each_keep_their_own():
