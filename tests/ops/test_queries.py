@@ -18,6 +18,10 @@ from services.sms.settings import Settings as SmsSettings
 from ..support import running, settings_for
 from .promql import DASHBOARDS, SYNTHETIC, all_queries, exported_names, is_exported, metric_names
 
+# The module's first test also starts all six services (each joining its consumer groups): on a
+# busy two-core machine that alone can take minutes.
+pytestmark = pytest.mark.timeout(400)
+
 SERVICES = [
     (ingress_app, IngressSettings),
     (router_app, RouterSettings),
