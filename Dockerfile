@@ -3,7 +3,8 @@
 # and `python -m herald.cli migrate` / `topics` for the one-shot set-up job.
 FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-COPY requirements.lock /tmp/requirements.lock
+# The runtime lock: the same pins as requirements.lock, without the test tools.
+COPY requirements.runtime.lock /tmp/requirements.lock
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install -q -r /tmp/requirements.lock
 

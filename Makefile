@@ -11,7 +11,7 @@ help:
 	@echo "make run     start Kafka (embedded), PostgreSQL, Redis, every service and the sandbox"
 	@echo "make test    the whole test suite against a real broker, PostgreSQL and Redis"
 	@echo "make schemas regenerate schemas/ from the models"
-	@echo "make lock    re-pin requirements.lock from pyproject.toml"
+	@echo "make lock    re-pin requirements.lock (tests too) and requirements.runtime.lock (the image) from pyproject.toml"
 	@echo "make bench-router / bench-email / bench-inapp   print throughput and latency figures"
 
 install: $(STAMP)
@@ -60,6 +60,7 @@ bench-inapp: install
 
 lock:
 	$(UV) pip compile pyproject.toml --extra test -o requirements.lock --python-version 3.11
+	$(UV) pip compile pyproject.toml -c requirements.lock -o requirements.runtime.lock --python-version 3.11
 
 clean:
 	rm -rf $(VENV) .run .artifacts .pytest_cache

@@ -1,5 +1,6 @@
 import importlib
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -256,6 +257,39 @@ def dockerfile_copies() -> list[tuple[str, str]]:
     return copies
 
 
+def image_lock() -> Path:
+    """The lock file the image's build stage installs."""
+    build = (ROOT / "Dockerfile").read_text().split("FROM ")[1]
+    [name] = re.findall(r"^COPY (requirements[\w.]*\.lock) ", build, re.M)
+    return ROOT / name
+
+
+def pins(path: Path) -> dict[str, str]:
+    return dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", path.read_text(), re.M))
+
+
+def image_venv(where: Path) -> Path:
+    """A virtual environment holding exactly the image's lock (from uv's cache after `make install`)."""
+    import subprocess
+    import sys
+
+    uv = Path(sys.executable).parent / "uv"
+    subprocess.run([str(uv), "venv", "-q", "--python", sys.executable, str(where)], check=True, timeout=120)
+    python = where / "bin" / "python"
+    subprocess.run([str(uv), "pip", "install", "-q", "--python", str(python), "-r", str(image_lock())], check=True, timeout=600)
+    return python
+
+
+def test_the_image_installs_the_runtime_lock_pinned_as_the_tests_run_it():
+    runtime, full = pins(image_lock()), pins(ROOT / "requirements.lock")
+    assert image_lock().name == "requirements.runtime.lock"
+    assert runtime and {name: full.get(name) for name in runtime} == runtime
+    assert not {"pytest", "playwright", "schemathesis", "hypothesis"} & set(runtime)
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[\[=<>~ ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in declared}
+    assert names <= set(runtime)
+
+
 def test_the_image_holds_what_every_service_and_the_set_up_job_need(tmp_path):
     import shutil
     import subprocess
@@ -284,7 +318,9 @@ def test_the_image_holds_what_every_service_and_the_set_up_job_need(tmp_path):
             ],
         ]
     )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    # The interpreter has only what the image installs: the runtime lock, no test tools.
+    python = image_venv(tmp_path / "venv")
+    result = subprocess.run([str(python), "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in NAMES:
         command = COMPOSE["services"][name]["command"]
