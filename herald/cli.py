@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from shared import HeraldSettings, apply_migrations, create_topics, ensure_database, load_migrations
 
@@ -31,17 +31,31 @@ def migrations_of_all() -> list:
     return found
 
 
-async def migrate(settings: HeraldSettings) -> list[str]:
+async def migrate(database_url: str) -> list[str]:
     """Create the database if needed and apply every service's pending migrations."""
     import asyncpg
 
-    await ensure_database(settings.database_url)
-    conn = await asyncpg.connect(settings.database_url)
+    await ensure_database(database_url)
+    conn = await asyncpg.connect(database_url)
     try:
         applied = await apply_migrations(conn, migrations_of_all())
     finally:
         await conn.close()
     return [f"{m.service} {m.version:03d}_{m.name}" for m in applied]
+
+
+async def fresh_database(database_url: str) -> None:
+    """Drop the database ``database_url`` names (closing its connections), then create and migrate it
+    anew: what the tests and benchmarks start from."""
+    import asyncpg
+
+    parts = urlsplit(database_url)
+    admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{parts.path.lstrip("/")}" WITH (FORCE)')
+    finally:
+        await admin.close()
+    await migrate(database_url)
 
 
 def _kafka_port(settings: HeraldSettings) -> tuple[str, int]:
@@ -146,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             RUN_DIR.mkdir(exist_ok=True)
             tansu = infra.start_tansu(port, log_path=RUN_DIR / "tansu.log")
             print(f"herald: embedded Kafka (Tansu) on {host}:{port}")
-        applied = asyncio.run(migrate(settings))
+        applied = asyncio.run(migrate(settings.database_url))
         print(f"herald: database ready ({len(applied)} migrations applied)")
         created = asyncio.run(create_topics(settings))
         print(f"herald: {len(created)} topics created")
@@ -199,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = HeraldSettings()
-    for line in asyncio.run(migrate(settings)):
+    for line in asyncio.run(migrate(settings.database_url)):
         print(f"applied {line}")
     return 0
 

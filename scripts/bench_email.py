@@ -31,27 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from herald import infra  # noqa: E402
-from herald.cli import migrations_of_all  # noqa: E402
+from herald.cli import fresh_database  # noqa: E402
 from services.email.app import create_app  # noqa: E402
 from services.email.settings import Settings  # noqa: E402
-from shared import Channel, Dispatch, Recipient, apply_migrations, create_topics, notification_id  # noqa: E402
+from shared import Channel, Dispatch, Recipient, create_topics, notification_id  # noqa: E402
 
 EXAMPLE = {"booking_id": "b_42", "student_id": "u_1", "instructor_id": "u_2", "title": "Piano lesson", "starts_at": "2026-12-01T15:00:00Z"}
-
-
-async def fresh_database(server: str, name: str) -> str:
-    admin = await asyncpg.connect(f"{server}/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    conn = await asyncpg.connect(f"{server}/{name}")
-    try:
-        await apply_migrations(conn, migrations_of_all())
-    finally:
-        await conn.close()
-    return f"{server}/{name}"
 
 
 def start_sandbox(http_port: int, smtp_port: int, latency_ms: int, log: Path) -> subprocess.Popen:
@@ -101,7 +86,8 @@ async def run(args: argparse.Namespace) -> None:
     broker = infra.start_tansu(kafka_port, log_path=bench_dir / "tansu.log")
     sandbox = start_sandbox(http_port, smtp_port, args.latency_ms, bench_dir / "sandbox.log")
     try:
-        database_url = await fresh_database(args.postgres, "herald_bench_email")
+        database_url = f"{args.postgres}/herald_bench_email"
+        await fresh_database(database_url)
         settings = Settings(
             kafka_bootstrap=f"127.0.0.1:{kafka_port}", database_url=database_url, redis_url=args.redis,
             kafka_topic_namespace="bench.", kafka_group_prefix="herald-bench", email_provider=args.provider, smtp_port=smtp_port, resend_api_base=f"http://127.0.0.1:{http_port}",

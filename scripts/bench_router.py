@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from herald import infra  # noqa: E402
-from herald.cli import migrations_of_all  # noqa: E402
+from herald.cli import fresh_database  # noqa: E402
 from herald.stack import Stack  # noqa: E402
-from shared import HeraldSettings, apply_migrations, create_topics  # noqa: E402
+from shared import HeraldSettings, create_topics  # noqa: E402
 
 
 def make_event(i: int, users: list[str], run: str) -> tuple[str, dict]:
@@ -64,13 +64,8 @@ def inapp_expected(event: dict) -> int:
 
 
 async def prepare(settings: HeraldSettings, users: int) -> list[str]:
-    admin = await asyncpg.connect(settings.database_url.rsplit("/", 1)[0] + "/postgres")
-    name = settings.database_url.rsplit("/", 1)[1]
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
+    await fresh_database(settings.database_url)
     conn = await asyncpg.connect(settings.database_url)
-    await apply_migrations(conn, migrations_of_all())
     ids = [f"bench_{n:06d}" for n in range(users)]
     await conn.copy_records_to_table(
         "recipients",

@@ -12,8 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from herald import infra as local
-from herald.cli import migrations_of_all
-from shared import apply_migrations
+from herald.cli import fresh_database
 
 from . import support
 from .support import Infra, new_namespace, test_id
@@ -45,26 +44,12 @@ def infra() -> Iterator[Infra]:
     ARTIFACTS.mkdir(exist_ok=True)
     broker = local.start_tansu(port, log_path=ARTIFACTS / "tansu.log")
     database = f"herald_test_{test_id()}"
-    asyncio.run(_fresh_database(pg, database))
+    asyncio.run(fresh_database(f"{pg}/{database}"))
     asyncio.run(_flush(f"{redis_base}/{redis_db}"))
     try:
         yield Infra(kafka_bootstrap=f"127.0.0.1:{port}", database_url=f"{pg}/{database}", redis_url=f"{redis_base}/{redis_db}")
     finally:
         local.stop(broker)
-
-
-async def _fresh_database(pg: str, database: str) -> None:
-    admin = await asyncpg.connect(f"{pg}/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await admin.close()
-    conn = await asyncpg.connect(f"{pg}/{database}")
-    try:
-        await apply_migrations(conn, migrations_of_all())
-    finally:
-        await conn.close()
 
 
 async def _flush(url: str) -> None:

@@ -269,8 +269,3 @@ def compose(
         text=rendered.text,
         headers=tuple(headers),
     )
-
-
-def build_message(rendered: Rendered, *, now: datetime | None = None, **options: Any) -> EmailMessage:
-    """``compose(rendered, **options).message(now=now)``: the MIME message an SMTP relay is given."""
-    return compose(rendered, **options).message(now=now)

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from services.email.compose import Rendered, build_message, compose
+from services.email.compose import Rendered, compose
 from services.email.providers.resend import payload
 
 NID = uuid.UUID("6f1f3c2e-6a43-5d4e-9c61-8a3b2f0e7d11")
@@ -16,7 +16,7 @@ RENDERED = Rendered(subject="Hello", html="<p>Hi</p>", text="Hi\n")
 def build(**overrides):
     options = dict(to="ada@example.com", sender="notifications@herald.example", sender_name="Herald", notification_id=NID)
     options.update(overrides)
-    return build_message(overrides.pop("rendered", RENDERED), **{k: v for k, v in options.items() if k != "rendered"})
+    return compose(overrides.pop("rendered", RENDERED), **{k: v for k, v in options.items() if k != "rendered"}).message()
 
 
 def test_a_message_has_both_parts_and_the_usual_headers():
