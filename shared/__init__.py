@@ -33,7 +33,7 @@ from ._models import (
     utcnow,
 )
 from ._ratelimit import Grant, Limit, RateLimiter
-from ._sender import Deliver, Ledger, SenderPipeline, retry_delay
+from ._sender import Clock, Deliver, Ledger, SenderPipeline, retry_delay
 from ._templates import MessageTemplates, TemplateError, local_times
 from ._settings import CommaList, HeraldSettings, split_commas
 
@@ -42,6 +42,7 @@ __all__ = [
     "SWITCHABLE_CATEGORIES",
     "AppResources",
     "Category",
+    "Clock",
     "Channel",
     "CloudEvent",
     "CommaList",

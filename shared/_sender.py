@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka import ConsumerRecord
@@ -37,12 +37,13 @@ from ._app import KafkaResources, Resources
 from ._exceptions import PermanentError, Suppressed, TransientError
 from ._kafka import Outgoing, dead_letter, publish_many, subscriber_options
 from ._logging import event_id_var, notification_id_var
-from ._models import Channel, DeliveryState, DeliveryStatus, Dispatch
+from ._models import Channel, DeliveryState, DeliveryStatus, Dispatch, utcnow
 from ._settings import HeraldSettings
 
 log = logging.getLogger(__name__)
 
 Deliver = Callable[[Dispatch, Resources], Awaitable[str | None]]
+Clock = Callable[[], datetime]
 
 
 def retry_delay(attempt: int, *, base: float, cap: float, retry_after: float | None = None, rng: random.Random | None = None) -> float:
@@ -128,6 +129,7 @@ class SenderPipeline:
         max_attempts: int = 5,
         retry_base_seconds: float = 1.0,
         retry_cap_seconds: float = 120.0,
+        clock: Clock = utcnow,
     ) -> None:
         self.settings = settings
         self.channel = channel
@@ -136,6 +138,7 @@ class SenderPipeline:
         self.max_attempts = max_attempts
         self.retry_base = retry_base_seconds
         self.retry_cap = retry_cap_seconds
+        self.clock = clock  # every time decision (waiting for not_before, scheduling a retry) reads this
         self._in_flight: set[Any] = set()  # notification ids this process has claimed and not yet finished
 
     def routers(self) -> list[KafkaRouter]:
@@ -186,7 +189,7 @@ class SenderPipeline:
         event_id_var.set(dispatch.event_id)
         notification_id_var.set(str(dispatch.notification_id))
         if dispatch.not_before is not None:
-            wait = (dispatch.not_before - datetime.now(UTC)).total_seconds()
+            wait = (dispatch.not_before - self.clock()).total_seconds()
             if wait > 0:
                 await asyncio.sleep(wait)
         return await self.process(dispatch, res, lane=lane, record=record)
@@ -228,7 +231,7 @@ class SenderPipeline:
         if dispatch.event_time is not None:
             lane_label = "critical" if dispatch.critical else "normal"
             res.metrics.end_to_end.labels(self.channel.value, lane_label).observe(
-                max((datetime.now(UTC) - dispatch.event_time).total_seconds(), 0.0)
+                max((self.clock() - dispatch.event_time).total_seconds(), 0.0)
             )
         log.info("sent %s %s to user %s", self.channel.value, dispatch.event_type, dispatch.recipient.user_id)
         return await self._record(dispatch, res, DeliveryState.sent, provider_message_id=provider_id)
@@ -247,7 +250,7 @@ class SenderPipeline:
             headers = {"herald-stage": self.channel.value, "herald-reason": "retries_exhausted", "herald-error": str(exc)[:2000]}
             return [*out, Outgoing(self.settings.dlq_topic, dispatch, key=dispatch.recipient.user_id, headers=headers)]
         delay = retry_delay(dispatch.attempt, base=self.retry_base, cap=self.retry_cap, retry_after=exc.retry_after)
-        retry = dispatch.model_copy(update={"attempt": dispatch.attempt + 1, "not_before": datetime.now(UTC) + timedelta(seconds=delay)})
+        retry = dispatch.model_copy(update={"attempt": dispatch.attempt + 1, "not_before": self.clock() + timedelta(seconds=delay)})
         log.warning("attempt %d of %s failed (%s); retrying in %.1fs", dispatch.attempt, dispatch.notification_id, exc, delay)
         out = await self._record(dispatch, res, DeliveryState.retrying, reason=exc.reason, error=str(exc))
         return [*out, Outgoing(self.settings.retry_topic(self.channel.value), retry, key=dispatch.recipient.user_id)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,6 +19,54 @@ from . import support
 from .support import Infra, new_namespace, test_id
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / ".artifacts"
+
+#: Fixtures that connect to the session's broker, PostgreSQL or Redis (every such fixture depends on one).
+REAL_SERVICES = frozenset({"infra"})
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--clock-shift",
+        type=int,
+        default=None,
+        metavar="DAYS",
+        help="run only the pure tests (no broker, database, Redis, server or process) with the clock moved DAYS days (negative: back)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    days = config.getoption("--clock-shift")
+    if days is not None:
+        import time_machine
+
+        # Started before collection, so that module-level times are shifted too; time goes on ticking.
+        traveller = time_machine.travel(dt.datetime.now(dt.UTC) + dt.timedelta(days=days), tick=True)
+        traveller.start()
+        config.stash[_TRAVELLER] = traveller
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    traveller = config.stash.get(_TRAVELLER, None)
+    if traveller is not None:
+        traveller.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With ``--clock-shift``, keep the pure tests: the broker, PostgreSQL and Redis keep real time."""
+    if config.getoption("--clock-shift") is None:
+        return
+    impure = [item for item in items if _needs_real_time(item)]
+    if impure:
+        config.hook.pytest_deselected(items=impure)
+        items[:] = [item for item in items if not _needs_real_time(item)]
+
+
+def _needs_real_time(item: pytest.Item) -> bool:
+    uses_services = bool(REAL_SERVICES.intersection(getattr(item, "fixturenames", ())))
+    return uses_services or any(item.get_closest_marker(m) for m in ("slow", "browser", "real_clock"))
+
+
+_TRAVELLER = pytest.StashKey[object]()
 
 
 @pytest.fixture(scope="session", autouse=True)

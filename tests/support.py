@@ -105,6 +105,32 @@ def api_key(settings: HeraldSettings) -> dict[str, str]:
     return {"Authorization": f"ApiKey {key}"}
 
 
+class Moment:
+    """A whole hour a week ahead of the real clock (in UTC), for event data that names a time.
+
+    Tests that talk to real services use it instead of a pinned date, so that features that
+    compare such times with the clock (expiry, reminders) never turn the fixture stale.
+    """
+
+    def __init__(self, *, days: int = 7, hour: int = 15) -> None:
+        today = dt.datetime.now(dt.UTC).replace(hour=hour, minute=0, second=0, microsecond=0)
+        self.at = today + dt.timedelta(days=days)
+
+    @property
+    def iso(self) -> str:
+        """As producers write it: ``2026-12-01T15:00:00Z``."""
+        return self.at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def local(self, zone: str = "UTC") -> str:
+        """As Herald shows it to a recipient in ``zone``: ``2026-12-01 16:00``."""
+        from zoneinfo import ZoneInfo
+
+        return self.at.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M")
+
+
+STARTS = Moment()
+
+
 def cloud_event(event_type: str, data: Any, *, id: str | None = None, source: str = "tests", **extra: Any) -> dict[str, Any]:
     return {
         "specversion": "1.0",

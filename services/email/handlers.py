@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from faststream.kafka import KafkaRouter
 
-from shared import Channel, Dispatch, Ledger, PermanentError, Resources, SenderPipeline, Suppressed, TemplateError, mask_email
+from shared import Channel, Clock, Dispatch, Ledger, PermanentError, Resources, SenderPipeline, Suppressed, TemplateError, mask_email, utcnow
 
 from .compose import EmailTemplates, compose
 from .logic import event_data, unsubscribable, unsubscribe_link, unsubscribe_token
@@ -19,26 +19,26 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 
-def unsubscribe_url_for(settings: Settings, dispatch: Dispatch) -> str | None:
-    """The signed one-click unsubscribe link of a dispatch whose category allows it."""
+def unsubscribe_url_for(settings: Settings, dispatch: Dispatch, *, clock: Clock = utcnow) -> str | None:
+    """The signed one-click unsubscribe link of a dispatch whose category allows it, valid from ``clock()``."""
     if not unsubscribable(dispatch.category):
         return None
     token = unsubscribe_token(
         secret=settings.unsubscribe_secret.get_secret_value(),
         user_id=dispatch.recipient.user_id,
         category=dispatch.category,
-        now=datetime.now(UTC),
+        now=clock(),
         ttl=timedelta(days=settings.unsubscribe_ttl_days),
     )
     return unsubscribe_link(settings.unsubscribe_url, token)
 
 
-def build_pipeline(settings: Settings, templates: EmailTemplates) -> SenderPipeline:
+def build_pipeline(settings: Settings, templates: EmailTemplates, *, clock: Clock = utcnow) -> SenderPipeline:
     async def deliver(dispatch: Dispatch, res: Resources) -> str:
         provider: EmailProvider = res.extra["email_provider"]
         if not dispatch.recipient.email:
             raise Suppressed("no_address", "the recipient has no email address")
-        unsubscribe = unsubscribe_url_for(settings, dispatch)
+        unsubscribe = unsubscribe_url_for(settings, dispatch, clock=clock)
         try:
             rendered = templates.render(
                 dispatch.template, locale=dispatch.locale, data=event_data(dispatch.event_type, dispatch.data), url=dispatch.url,
@@ -57,7 +57,7 @@ def build_pipeline(settings: Settings, templates: EmailTemplates) -> SenderPipel
 
     return SenderPipeline(
         settings, Channel.email, deliver, ledger=Ledger("email"), max_attempts=settings.email_max_attempts,
-        retry_base_seconds=settings.email_retry_base_seconds, retry_cap_seconds=settings.email_retry_cap_seconds,
+        retry_base_seconds=settings.email_retry_base_seconds, retry_cap_seconds=settings.email_retry_cap_seconds, clock=clock,
     )
 
 

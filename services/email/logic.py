@@ -21,7 +21,24 @@ _WHITESPACE = re.compile(r"\s+")
 
 
 class InvalidToken(ValueError):
-    """An unsubscribe token that is forged, expired or malformed."""
+    """An unsubscribe token that is forged, expired or malformed; ``reason`` says which, in one word."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+#: What each PyJWT refusal means, most specific first (they subclass one another).
+_TOKEN_REFUSALS: tuple[tuple[type[jwt.InvalidTokenError], str], ...] = (
+    (jwt.ExpiredSignatureError, "expired"),
+    (jwt.InvalidSignatureError, "bad_signature"),
+    (jwt.InvalidAlgorithmError, "wrong_algorithm"),
+    (jwt.InvalidAudienceError, "wrong_audience"),
+    (jwt.MissingRequiredClaimError, "missing_claim"),
+    (jwt.DecodeError, "malformed"),
+    (jwt.InvalidTokenError, "invalid"),
+)
 
 
 def one_line(text: str) -> str:
@@ -40,24 +57,39 @@ def unsubscribe_token(*, secret: str, user_id: str, category: Category, now: dat
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
-def read_unsubscribe_token(*, secret: str, token: str, now: datetime | None = None) -> tuple[str, Category]:
-    """The user id and category a token names; raises ``InvalidToken`` if it is forged, expired or malformed."""
+def read_unsubscribe_token(*, secret: str, token: str, now: datetime | None = None, leeway: float = 0) -> tuple[str, Category]:
+    """The user id and category a token names; raises ``InvalidToken`` if it is forged, expired or malformed.
+
+    ``now`` is the time the token is judged at (the real clock when None): with it, PyJWT's own
+    expiry check, which reads the real clock, is off and ``exp`` is compared with ``now`` instead,
+    under the same rule (expired when ``exp <= now - leeway``).
+    """
     try:
         claims = jwt.decode(
             token,
             secret,
             algorithms=["HS256"],
             audience=_TOKEN_AUDIENCE,
-            options={"require": ["exp", "sub", "aud", "cat"], "verify_iat": False},
-            leeway=0,
+            options={"require": ["exp", "sub", "aud", "cat"], "verify_iat": False, "verify_exp": now is None, "verify_nbf": now is None},
+            leeway=leeway,
         )
-        if now is not None and claims["exp"] <= now.timestamp():
-            raise jwt.ExpiredSignatureError("token expired")
+    except jwt.InvalidTokenError as exc:
+        reason = next(name for kind, name in _TOKEN_REFUSALS if isinstance(exc, kind))
+        raise InvalidToken(reason, str(exc)) from None
+    if now is not None:
+        exp = claims["exp"]
+        if not isinstance(exp, int) or isinstance(exp, bool):
+            raise InvalidToken("malformed", "the exp claim must be an integer")
+        if exp <= now.timestamp() - leeway:
+            raise InvalidToken("expired", "the token expired before the time it is read at")
+    try:
         category = Category(claims["cat"])
-    except (jwt.InvalidTokenError, ValueError) as exc:
-        raise InvalidToken(str(exc) or type(exc).__name__) from None
-    if not unsubscribable(category) or not isinstance(claims["sub"], str) or not claims["sub"]:
-        raise InvalidToken("token does not name a user and an unsubscribable category")
+    except ValueError:
+        raise InvalidToken("unknown_category", f"{claims['cat']!r} is no category") from None
+    if not unsubscribable(category):
+        raise InvalidToken("not_unsubscribable", f"{category.value} mail carries no unsubscribe")
+    if not isinstance(claims["sub"], str) or not claims["sub"]:
+        raise InvalidToken("missing_claim", "the token names no user")
     return claims["sub"], category
 
 

@@ -215,6 +215,7 @@ def route(
     profiles: Mapping[str, Profile],
     *,
     frontend_url: str,
+    now: datetime | None = None,
 ) -> list[Decision]:
     """Every decision of one event: each notification × its recipients × its channels.
 
@@ -223,7 +224,7 @@ def route(
     """
     decisions: list[Decision] = []
     seen: set[tuple[str, Channel]] = set()
-    now = utcnow()
+    now = now or utcnow()
     for notification in notifications:
         for user_id in recipients[notification]:
             profile = profiles.get(user_id) or Profile.unknown(user_id)

@@ -9,7 +9,7 @@ from herald import infra as local
 from herald.stack import SERVICES, Stack
 from shared import HeraldSettings
 
-from ..support import TopicReader, api_key, bearer, cloud_event, eventually, make_topics, produce, settings_for
+from ..support import STARTS, TopicReader, api_key, bearer, cloud_event, eventually, make_topics, produce, settings_for
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def url(stack: Stack, name: str) -> str:
 
 
 def booking(event_id: str) -> dict:
-    data = {"booking_id": "b_1", "student_id": "stu_1", "instructor_id": "ins_1", "title": "Piano lesson", "starts_at": "2026-12-01T15:00:00Z"}
+    data = {"booking_id": "b_1", "student_id": "stu_1", "instructor_id": "ins_1", "title": "Piano lesson", "starts_at": STARTS.iso}
     return cloud_event("booking.created", data, id=event_id, subject="b_1")
 
 

@@ -40,39 +40,70 @@ def test_an_unsubscribe_token_names_its_user_and_category():
     assert read_unsubscribe_token(secret=SECRET, token=token, now=NOW + timedelta(hours=23)) == ("u_1", Category.promotional)
 
 
+def test_a_token_is_judged_at_the_time_it_is_given_not_the_real_clock():
+    """Issued two years ago and read as of then: valid; read as of now: expired; issued now and read two years on: expired."""
+    long_ago = datetime.now(UTC) - timedelta(days=730)
+    old = unsubscribe_token(secret=SECRET, user_id="u_1", category=Category.promotional, now=long_ago, ttl=timedelta(days=1))
+    assert read_unsubscribe_token(secret=SECRET, token=old, now=long_ago + timedelta(hours=1)) == ("u_1", Category.promotional)
+    with pytest.raises(InvalidToken) as expired:
+        read_unsubscribe_token(secret=SECRET, token=old)
+    assert expired.value.reason == "expired"
+    fresh = unsubscribe_token(secret=SECRET, user_id="u_1", category=Category.promotional, now=datetime.now(UTC), ttl=timedelta(days=1))
+    with pytest.raises(InvalidToken) as later:
+        read_unsubscribe_token(secret=SECRET, token=fresh, now=datetime.now(UTC) + timedelta(days=730))
+    assert later.value.reason == "expired"
+
+
+def test_leeway_applies_to_the_given_time_as_pyjwt_applies_it_to_the_real_clock():
+    token = unsubscribe_token(secret=SECRET, user_id="u_1", category=Category.promotional, now=NOW, ttl=timedelta(days=1))
+    just_after = NOW + timedelta(days=1, seconds=5)
+    assert read_unsubscribe_token(secret=SECRET, token=token, now=just_after, leeway=10) == ("u_1", Category.promotional)
+    with pytest.raises(InvalidToken) as refused:
+        read_unsubscribe_token(secret=SECRET, token=token, now=just_after, leeway=4)
+    assert refused.value.reason == "expired"
+
+
 @pytest.mark.parametrize(
-    "token",
+    ("token", "reason"),
     [
-        unsubscribe_token(secret="another-secret-another-secret-xx", user_id="u_1", category=Category.promotional, now=NOW, ttl=timedelta(days=1)),
-        "not-a-token",
-        "",
-        jwt.encode({"sub": "u_1", "cat": "promotional", "aud": "herald", "exp": 4102444800}, SECRET, algorithm="HS256"),
-        jwt.encode({"sub": "u_1", "cat": "security", "aud": "herald-unsubscribe", "exp": 4102444800}, SECRET, algorithm="HS256"),
-        jwt.encode({"sub": "u_1", "cat": "promotional", "aud": "herald-unsubscribe", "exp": 4102444800}, SECRET, algorithm="HS512"),
-        jwt.encode({"sub": "u_1", "cat": "promotional", "aud": "herald-unsubscribe"}, SECRET, algorithm="HS256"),
+        (unsubscribe_token(secret="another-secret-another-secret-xx", user_id="u_1", category=Category.promotional, now=NOW, ttl=timedelta(days=1)), "bad_signature"),
+        ("not-a-token", "malformed"),
+        ("", "malformed"),
+        (jwt.encode({"sub": "u_1", "cat": "promotional", "aud": "herald", "exp": int(NOW.timestamp()) + 3600}, SECRET, algorithm="HS256"), "wrong_audience"),
+        (jwt.encode({"sub": "u_1", "cat": "security", "aud": "herald-unsubscribe", "exp": int(NOW.timestamp()) + 3600}, SECRET, algorithm="HS256"), "not_unsubscribable"),
+        (jwt.encode({"sub": "u_1", "cat": "weather", "aud": "herald-unsubscribe", "exp": int(NOW.timestamp()) + 3600}, SECRET, algorithm="HS256"), "unknown_category"),
+        (jwt.encode({"sub": "u_1", "cat": "promotional", "aud": "herald-unsubscribe", "exp": int(NOW.timestamp()) + 3600}, SECRET, algorithm="HS512"), "wrong_algorithm"),
+        (jwt.encode({"sub": "u_1", "cat": "promotional", "aud": "herald-unsubscribe"}, SECRET, algorithm="HS256"), "missing_claim"),
+        (jwt.encode({"sub": "", "cat": "promotional", "aud": "herald-unsubscribe", "exp": int(NOW.timestamp()) + 3600}, SECRET, algorithm="HS256"), "missing_claim"),
+        (jwt.encode({"sub": "u_1", "cat": "promotional", "aud": "herald-unsubscribe", "exp": "tomorrow"}, SECRET, algorithm="HS256"), "malformed"),
     ],
-    ids=["forged", "garbage", "empty", "wrong-audience", "not-switchable", "other-algorithm", "no-expiry"],
+    ids=["forged", "garbage", "empty", "wrong-audience", "not-switchable", "unknown-category", "other-algorithm", "no-expiry", "no-user", "text-expiry"],
 )
-def test_a_bad_unsubscribe_token_is_refused(token):
-    with pytest.raises(InvalidToken):
-        read_unsubscribe_token(secret=SECRET, token=token)
+def test_a_bad_unsubscribe_token_is_refused_for_its_own_reason(token, reason):
+    """Each token is valid in time (read at NOW, an hour before it expires), so only its own fault can refuse it."""
+    with pytest.raises(InvalidToken) as refused:
+        read_unsubscribe_token(secret=SECRET, token=token, now=NOW)
+    assert refused.value.reason == reason
 
 
 def test_an_expired_unsubscribe_token_is_refused():
     token = unsubscribe_token(secret=SECRET, user_id="u_1", category=Category.learning_tips, now=NOW, ttl=timedelta(days=1))
-    with pytest.raises(InvalidToken):
+    with pytest.raises(InvalidToken) as at_given_time:
         read_unsubscribe_token(secret=SECRET, token=token, now=NOW + timedelta(days=1, seconds=1))
+    assert at_given_time.value.reason == "expired"
     old = unsubscribe_token(secret=SECRET, user_id="u_1", category=Category.learning_tips, now=datetime.now(UTC) - timedelta(days=2), ttl=timedelta(days=1))
-    with pytest.raises(InvalidToken):
+    with pytest.raises(InvalidToken) as on_real_clock:
         read_unsubscribe_token(secret=SECRET, token=old)
+    assert on_real_clock.value.reason == "expired"
 
 
 def test_a_tampered_unsubscribe_token_is_refused():
     token = unsubscribe_token(secret=SECRET, user_id="u_1", category=Category.promotional, now=NOW, ttl=timedelta(days=1))
     header, payload, signature = token.split(".")
     other = unsubscribe_token(secret=SECRET, user_id="u_2", category=Category.promotional, now=NOW, ttl=timedelta(days=1)).split(".")[1]
-    with pytest.raises(InvalidToken):
+    with pytest.raises(InvalidToken) as refused:
         read_unsubscribe_token(secret=SECRET, token=f"{header}.{other}.{signature}", now=NOW)
+    assert refused.value.reason == "bad_signature"
 
 
 def test_the_preference_change_switches_one_category_off_for_email():
@@ -120,8 +151,9 @@ def test_money_is_shown_in_major_units():
 def test_event_data_gets_every_field_of_its_model():
     data = event_data("booking.cancelled", {"booking_id": "b", "student_id": "s", "instructor_id": "i", "title": "T", "starts_at": "2026-12-01T15:00:00Z"})
     assert data["reason"] is None and data["location"] is None
-    with pytest.raises(PermanentError):
+    with pytest.raises(PermanentError) as invalid:
         event_data("booking.cancelled", {"title": "T"})
+    assert invalid.value.reason == "invalid_data" and "booking_id" in str(invalid.value.detail)
 
 
 def test_production_refuses_a_placeholder_unsubscribe_secret():
@@ -136,3 +168,25 @@ def test_production_refuses_a_placeholder_unsubscribe_secret():
 def test_the_router_key_defaults_to_the_first_service_key():
     assert Settings(api_keys="email=abc,other=def").router_key() == "abc"
     assert Settings(api_keys="email=abc", router_api_key="xyz").router_key() == "xyz"
+
+
+def test_the_unsubscribe_link_is_valid_from_the_senders_clock():
+    import uuid
+    from urllib.parse import parse_qs, urlparse
+
+    from services.email.handlers import unsubscribe_url_for
+    from shared import Channel, Dispatch, Recipient
+
+    settings = Settings(environment="test", unsubscribe_ttl_days=2)
+    dispatch = Dispatch(
+        notification_id=uuid.uuid4(), event_id="e", event_source="tests", event_type="marketing.promotion", category=Category.promotional,
+        channel=Channel.email, recipient=Recipient(user_id="u_7", email="u7@example.com"), template="promotion",
+    )
+    then = datetime(2031, 1, 1, tzinfo=UTC)
+    link = unsubscribe_url_for(settings, dispatch, clock=lambda: then)
+    [token] = parse_qs(urlparse(link).query)["token"]
+    secret = settings.unsubscribe_secret.get_secret_value()
+    assert read_unsubscribe_token(secret=secret, token=token, now=then + timedelta(days=1)) == ("u_7", Category.promotional)
+    with pytest.raises(InvalidToken) as expired:
+        read_unsubscribe_token(secret=secret, token=token, now=then + timedelta(days=2))
+    assert expired.value.reason == "expired"

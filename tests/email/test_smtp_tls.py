@@ -63,6 +63,7 @@ def message():
     return compose(rendered, to="ada@example.com", sender="n@herald.example", sender_name="Herald", notification_id=uuid.uuid4())
 
 
+@pytest.mark.real_clock  # OpenSSL checks the certificate against the real clock
 async def test_starttls_is_used_when_configured(tls_relay, certificate):
     port, recorder = tls_relay
     provider = SmtpProvider(Settings(smtp_port=port, smtp_starttls=True, smtp_ca_file=str(certificate[0])))

@@ -191,19 +191,20 @@ async def test_tokens_are_checked_for_signature_expiry_audience_and_algorithm(cl
     header, _, payload_sig = _token(secret).partition(".")
     payload = payload_sig.split(".")[0]
     unsigned = jwt.utils.base64url_encode(b'{"alg":"none","typ":"JWT"}').decode() + "." + payload + "."
-    bad = {
-        "none": unsigned,
-        "wrong key": _token("x" * 40),
-        "expired": _token(secret, exp=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)),
-        "wrong audience": _token(secret, aud="someone-else"),
-        "no exp": jwt.encode({"sub": "mallory", "aud": "herald"}, secret, algorithm="HS256"),
-        "HS512": _token(secret, alg="HS512"),
-        "garbage": "abc.def.ghi",
+    bad = {  # each token with the reason it must be refused for
+        "none": (unsigned, "alg value is not allowed"),
+        "wrong key": (_token("x" * 40), "Signature verification failed"),
+        "expired": (_token(secret, exp=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)), "Signature has expired"),
+        "wrong audience": (_token(secret, aud="someone-else"), "Audience doesn't match"),
+        "no exp": (jwt.encode({"sub": "mallory", "aud": "herald"}, secret, algorithm="HS256"), 'missing the "exp" claim'),
+        "HS512": (_token(secret, alg="HS512"), "alg value is not allowed"),
+        "garbage": ("abc.def.ghi", "Invalid header"),
     }
-    for name, token in bad.items():
+    for name, (token, reason) in bad.items():
         for method, path in [("GET", "/v1/inbox"), ("GET", "/v1/inbox/unread-count"), ("POST", "/v1/inbox/read-all"), ("POST", "/v1/inbox/stream-token")]:
             response = await client.request(method, path, headers={"Authorization": f"Bearer {token}"})
             assert response.status_code == 401, (name, path)
+            assert reason in response.json()["detail"], (name, path, response.json())
     assert (await client.get("/v1/inbox")).status_code == 401
 
 

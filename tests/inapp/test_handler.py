@@ -15,7 +15,7 @@ from services.inapp.handlers import store_notification
 from services.inapp.settings import Settings
 from shared import MessageTemplates, Metrics, Resources, TransientError
 
-from ..support import TopicReader, eventually, make_topics, produce, running, settings_for
+from ..support import STARTS, TopicReader, eventually, make_topics, produce, running, settings_for
 from .helpers import dispatch
 
 TEMPLATE_SET = MessageTemplates(TEMPLATES)
@@ -94,7 +94,7 @@ async def test_a_critical_dispatch_lands_in_the_inbox_too(infra, namespace, pool
 async def test_a_time_in_the_body_is_shown_in_the_recipients_zone_and_the_data_keeps_the_moment(infra, namespace, pool, user):
     settings = settings_for(Settings, infra, namespace)
     await make_topics(settings)
-    data = {"booking_id": "b_1", "student_id": user, "instructor_id": "u_x", "title": "Piano", "starts_at": "2026-12-01T15:00:00Z"}
+    data = {"booking_id": "b_1", "student_id": user, "instructor_id": "u_x", "title": "Piano", "starts_at": STARTS.iso}
     d = dispatch(user, event_type="booking.confirmed", category="lesson_updates", template="booking_confirmed_student", data=data, timezone="Europe/Berlin")
     async with running(create_app(settings)):
         await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=user.encode())
@@ -103,5 +103,5 @@ async def test_a_time_in_the_body_is_shown_in_the_recipients_zone_and_the_data_k
             return await pool.fetchrow("SELECT body, data FROM inapp.notifications WHERE id = $1", d.notification_id)
 
         row = await eventually(stored, what="the booking notification stored")
-    assert row["body"] == "See you on 2026-12-01 16:00."
-    assert row["data"]["starts_at"] == "2026-12-01T15:00:00Z"
+    assert row["body"] == f"See you on {STARTS.local('Europe/Berlin')}."
+    assert row["data"]["starts_at"] == STARTS.iso

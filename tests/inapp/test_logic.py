@@ -20,7 +20,7 @@ def test_a_cursor_round_trips(seq):
 
 @pytest.mark.parametrize("cursor", ["", "!!!", "czow", "eDox", logic.encode_cursor(1)[:-1] + "*", "czotMQ", "czoxMjM0NTY3ODkwMTIzNDU2Nzg5MDEyMzQ1"])
 def test_a_cursor_herald_did_not_issue_is_refused(cursor):
-    with pytest.raises(logic.BadCursor):
+    with pytest.raises(logic.BadCursor, match="the cursor is not valid"):
         logic.decode_cursor(cursor)
 
 

@@ -12,9 +12,11 @@ import stripe
 from standardwebhooks import Webhook
 
 from .conftest import PARTNER_SECRET, STRIPE_SECRET
-from ..support import TopicReader
+from ..support import STARTS, Moment, TopicReader
 
-LESSON = {"booking_id": "b_7", "student_id": "stu_1", "instructor_id": "ins_1", "title": "Cello lesson", "starts_at": "2026-12-01T15:00:00Z"}
+ARRIVAL = Moment(days=2, hour=0)  # when a Stripe payout arrives
+
+LESSON = {"booking_id": "b_7", "student_id": "stu_1", "instructor_id": "ins_1", "title": "Cello lesson", "starts_at": STARTS.iso}
 
 
 def stripe_event(event_type: str, obj: dict, *, event_id: str | None = None) -> str:
@@ -23,7 +25,7 @@ def stripe_event(event_type: str, obj: dict, *, event_id: str | None = None) -> 
             "id": event_id or f"evt_{uuid.uuid4().hex[:24]}",
             "object": "event",
             "api_version": "2025-10-29",
-            "created": 1764064800,
+            "created": int(Moment(days=0, hour=0).at.timestamp()),
             "livemode": False,
             "type": event_type,
             "data": {"object": obj},
@@ -32,7 +34,7 @@ def stripe_event(event_type: str, obj: dict, *, event_id: str | None = None) -> 
 
 
 def payout(user: str = "ins_9") -> dict:
-    return {"id": "po_1", "object": "payout", "amount": 12000, "currency": "usd", "arrival_date": 1764201600, "metadata": {"user_id": user}}
+    return {"id": "po_1", "object": "payout", "amount": 12000, "currency": "usd", "arrival_date": int(ARRIVAL.at.timestamp()), "metadata": {"user_id": user}}
 
 
 def signed(payload: str, *, secret: str = STRIPE_SECRET, timestamp: int | None = None) -> dict[str, str]:
@@ -52,7 +54,7 @@ async def test_a_signed_stripe_payout_becomes_a_payout_paid_event(ingress):
     async with TopicReader(ingress.settings.kafka_bootstrap, ingress.settings.domain_topic("payout.paid")) as reader:
         [event] = [json.loads(r.value) for r in await reader.wait_for(1)]
     assert event["type"] == "payout.paid" and event["source"] == "stripe" and event["id"] == "evt_payout_1"
-    assert event["data"] == {"user_id": "ins_9", "payout_id": "po_1", "amount": 12000, "currency": "USD", "arrival_date": "2025-11-27"}
+    assert event["data"] == {"user_id": "ins_9", "payout_id": "po_1", "amount": 12000, "currency": "USD", "arrival_date": ARRIVAL.at.date().isoformat()}
 
 
 async def test_failed_payments_of_both_kinds_become_payment_failed(ingress):
@@ -120,7 +122,7 @@ def partner_headers(body: str, *, msg_id: str, secret: str = PARTNER_SECRET, at:
 
 
 async def test_a_standard_webhook_from_a_partner_is_mapped_and_published_once(ingress):
-    body = json.dumps({"type": "booking.confirmed", "timestamp": "2026-11-25T10:00:00Z", "data": LESSON})
+    body = json.dumps({"type": "booking.confirmed", "timestamp": Moment(days=-1, hour=10).iso, "data": LESSON})
     first = await ingress.http.post("/v1/webhooks/standard/scheduler", content=body, headers=partner_headers(body, msg_id="msg_1"))
     again = await ingress.http.post("/v1/webhooks/standard/scheduler", content=body, headers=partner_headers(body, msg_id="msg_1"))
     assert first.status_code == 200 and first.json() == {"status": "accepted", "id": "msg_1", "type": "booking.confirmed"}

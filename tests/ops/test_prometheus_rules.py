@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 
+# promtool is a process of its own, on the real clock.
+pytestmark = pytest.mark.real_clock
+
 PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from ..support import api_key, cloud_event
+from ..support import STARTS, api_key, cloud_event
 from .stack import RunningPlatform
 
 WELCOMED = 'sum(herald_deliveries_total{channel="inapp", type="user.created", status="sent"})'
@@ -44,6 +44,6 @@ def traffic(platform: RunningPlatform, count: int) -> list[dict]:
     events = []
     for student, instructor in pairs:
         events.append(cloud_event("auth.password_changed", {"user_id": student}, subject=student))
-        booking = {"booking_id": uuid.uuid4().hex, "student_id": student, "instructor_id": instructor, "title": "Piano lesson", "starts_at": "2026-12-01T15:00:00Z"}
+        booking = {"booking_id": uuid.uuid4().hex, "student_id": student, "instructor_id": instructor, "title": "Piano lesson", "starts_at": STARTS.iso}
         events.append(cloud_event("booking.created", booking, subject=booking["booking_id"]))
     return events

@@ -1,6 +1,8 @@
 """The recipients directory: kept current by user.* events and by PUT /v1/recipients/{user_id}."""
 
-from ..support import bearer
+from ..support import STARTS, Moment, bearer
+
+VERIFIED = Moment(days=-1, hour=12)  # when the phone number was verified: yesterday
 from .conftest import by_channel, new_user
 
 
@@ -16,12 +18,12 @@ async def test_user_created_fills_the_directory_and_welcomes_the_user(router, db
 async def test_a_verified_phone_announced_by_user_updated_receives_sms_and_a_new_number_does_not(router):
     user = new_user()
     assert (await router.put_recipient(user, email="a@example.com", phone="+14155550100")).status_code == 200
-    booking = {"booking_id": "b1", "student_id": user, "instructor_id": new_user(), "title": "Piano", "starts_at": "2026-12-01T15:00:00Z"}
+    booking = {"booking_id": "b1", "student_id": user, "instructor_id": new_user(), "title": "Piano", "starts_at": STARTS.iso}
 
     first = await router.publish("booking.confirmed", booking)
     assert by_channel(await router.trace(first["id"], 6), user)["sms"]["reason"] == "phone_unverified"
 
-    verified = await router.publish("user.updated", {"user_id": user, "phone": "+14155550100", "phone_verified_at": "2026-11-25T12:00:00Z"})
+    verified = await router.publish("user.updated", {"user_id": user, "phone": "+14155550100", "phone_verified_at": VERIFIED.iso})
     second = await router.publish("booking.confirmed", booking)
     sms = by_channel(await router.trace(second["id"], 6), user)["sms"]
     assert (sms["decision"], sms["reason"]) == ("routed", "routed")
@@ -34,7 +36,7 @@ async def test_a_verified_phone_announced_by_user_updated_receives_sms_and_a_new
 
 async def test_a_deleted_user_gets_nothing_not_even_critical_and_is_not_brought_back(router, db):
     user = new_user()
-    await router.put_recipient(user, email="a@example.com", phone="+14155550100", phone_verified_at="2026-11-25T12:00:00Z")
+    await router.put_recipient(user, email="a@example.com", phone="+14155550100", phone_verified_at=VERIFIED.iso)
     await router.publish("user.deleted", {"user_id": user})
     event = await router.publish("auth.password_changed", {"user_id": user})
     items = await router.trace(event["id"], 3)
@@ -51,7 +53,7 @@ async def test_a_deleted_user_gets_nothing_not_even_critical_and_is_not_brought_
 
 async def test_an_unknown_user_gets_push_and_inapp_but_no_email_or_sms(router):
     user = new_user()
-    event = await router.publish("booking.confirmed", {"booking_id": "b1", "student_id": user, "instructor_id": new_user(), "title": "Piano", "starts_at": "2026-12-01T15:00:00Z"})
+    event = await router.publish("booking.confirmed", {"booking_id": "b1", "student_id": user, "instructor_id": new_user(), "title": "Piano", "starts_at": STARTS.iso})
     items = by_channel(await router.trace(event["id"], 6), user)
     assert {c: (i["decision"], i["reason"]) for c, i in items.items()} == {
         "email": ("suppressed", "no_address"),

@@ -250,3 +250,15 @@ def test_ids_with_control_characters_are_invalid():
     with pytest.raises(InvalidMessage) as bad_user:
         logic.recipients_of(notification, {"admin_ids": ["u_1", "u\x00"]})
     assert bad_user.value.reason == "invalid_data"
+
+
+def test_every_dispatch_of_an_event_is_stamped_with_the_time_it_was_routed_at():
+    event = example_event("booking.confirmed")
+    data = logic.validate_data(event)
+    notifications = CATALOGUE.get("booking.confirmed")
+    recipients = {n: logic.recipients_of(n, data) for n in notifications}
+    profiles = {u: Profile(known(u)) for us in recipients.values() for u in us}
+    then = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
+    decisions = logic.route(event, data, notifications, recipients, profiles, frontend_url=FRONTEND, now=then)
+    stamped = {d.dispatch.created_at for d in decisions if d.dispatch is not None}
+    assert stamped == {then}

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 from shared import Channel, Dispatch, HeraldSettings, Ledger, PermanentError, Resources, SenderPipeline, TransientError, create_service
 
-from ..support import bearer, running, settings_for
+from ..support import STARTS, bearer, running, settings_for
 from .conftest import by_channel, new_user
 
 
@@ -23,7 +23,7 @@ async def test_the_trace_shows_each_decision_and_what_the_senders_did(router, in
     sender_settings = settings_for(HeraldSettings, infra, namespace, service_name="test-inapp")
     pipeline = SenderPipeline(sender_settings, Channel.inapp, flaky, ledger=Ledger(ledger_schema), retry_base_seconds=0.05, retry_cap_seconds=0.2)
     async with running(create_service(sender_settings, title="inapp", kafka_routers=pipeline.routers())):
-        event = await router.publish("booking.cancelled", {"booking_id": "b9", "student_id": user, "instructor_id": new_user(), "title": "Piano", "starts_at": "2026-12-01T15:00:00Z"})
+        event = await router.publish("booking.cancelled", {"booking_id": "b9", "student_id": user, "instructor_id": new_user(), "title": "Piano", "starts_at": STARTS.iso})
         items = await router.trace(event["id"], 8, until=lambda items: by_channel(items, user)["inapp"]["outcome"] == "sent")
     mine = by_channel(items, user)
     assert {c: (i["decision"], i["reason"]) for c, i in mine.items()} == {

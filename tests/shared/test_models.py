@@ -16,10 +16,12 @@ def test_notification_id_is_deterministic_and_distinct_per_channel_and_user():
 
 
 def test_cloudevent_requires_the_core_attributes():
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError) as no_type:
         CloudEvent.model_validate({"specversion": "1.0", "id": "x", "source": "s"})
-    with pytest.raises(ValidationError):
+    assert [(e["loc"], e["type"]) for e in no_type.value.errors()] == [(("type",), "missing")]
+    with pytest.raises(ValidationError) as old_version:
         CloudEvent.model_validate({"specversion": "0.3", "id": "x", "source": "s", "type": "t"})
+    assert [(e["loc"], e["type"]) for e in old_version.value.errors()] == [(("specversion",), "literal_error")]
     event = CloudEvent.model_validate({"specversion": "1.0", "id": "x", "source": "s", "type": "booking.created", "time": "2026-01-01T00:00:00"})
     assert event.area == "booking" and event.time is not None and event.time.tzinfo is not None
 

@@ -20,7 +20,7 @@ from services.sms.app import create_app
 from services.sms.settings import Settings
 from shared import Channel, Dispatch, Recipient
 
-from ..support import ServerThread, TopicReader, eventually, make_topics, running, settings_for
+from ..support import STARTS, ServerThread, TopicReader, eventually, make_topics, running, settings_for
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +95,7 @@ def dispatch(phone: str | None, *, user_id: str | None = None, **overrides: Any)
         notification_id=uuid.uuid4(), event_id=uuid.uuid4().hex, event_source="tests", event_type="booking.confirmed",
         category="lesson_updates", channel=Channel.sms, recipient=Recipient(user_id=user_id or f"u-{uuid.uuid4().hex[:8]}", phone=phone),
         template="booking_confirmed_student", url="https://app.example.com/bookings/b_42",
-        data={"booking_id": "b_42", "student_id": "u_1", "instructor_id": "u_2", "title": "Piano lesson", "starts_at": "2026-12-01T15:00:00Z"},
+        data={"booking_id": "b_42", "student_id": "u_1", "instructor_id": "u_2", "title": "Piano lesson", "starts_at": STARTS.iso},
     )
     values.update(overrides)
     return Dispatch(**values)

@@ -7,7 +7,7 @@ from datetime import datetime
 from herald.infra import free_port
 from shared import Limit, RateLimiter
 
-from ..support import TopicReader, api_key
+from ..support import STARTS, TopicReader, api_key
 from .conftest import (
     captured_logs,
     dispatch,
@@ -30,7 +30,7 @@ async def test_a_dispatch_consumed_twice_is_sent_once_with_its_segments_and_pric
         refused = await client.get("/v1/sms/spend")
     assert sorted(s["status"] for s in found) == ["duplicate", "sent"]
     [sent] = await sandbox.messages(phone)
-    assert sent["text"] == "Booking confirmed: Piano lesson on 2026-12-01 15:00. https://app.example.com/bookings/b_42"
+    assert sent["text"] == f"Booking confirmed: Piano lesson on {STARTS.local()}. https://app.example.com/bookings/b_42"
     row = await db.fetchrow("SELECT * FROM sms.ledger WHERE notification_id = $1", d.notification_id)
     assert (row["status"], row["attempts"], row["segments"], row["encoding"], row["country"]) == ("sent", 1, 1, "GSM-7", "US")
     assert row["provider_message_id"] == sent["meta"]["sid"] and row["provider_message_id"].startswith("SM")
@@ -59,7 +59,7 @@ async def test_the_time_is_shown_in_the_recipients_zone_and_language(infra, sms_
         await produce_all(infra.kafka_bootstrap, settings.notify_topic("sms"), [d])
         await statuses_of(infra, settings, {d.notification_id}, final=1)
     [sent] = await sandbox.messages(phone)
-    assert sent["text"].startswith("Buchung bestätigt: Piano lesson am 2026-12-01 16:00.")
+    assert sent["text"].startswith(f"Buchung bestätigt: Piano lesson am {STARTS.local('Europe/Berlin')}.")
 
 
 async def test_an_invalid_number_fails_permanently_without_reaching_twilio(infra, sms_settings, sandbox, db):
@@ -206,7 +206,7 @@ async def test_a_body_over_the_maximum_segments_is_cut_with_a_warning_carrying_i
 async def test_a_unicode_body_is_counted_as_ucs2(infra, sms_settings, sandbox, db):
     settings = sms_settings()
     phone = new_phone()
-    d = dispatch(phone, data={"title": "Урок игры на фортепиано 🎹", "starts_at": "2026-12-01T15:00:00Z"}, url=None)
+    d = dispatch(phone, data={"title": "Урок игры на фортепиано 🎹", "starts_at": STARTS.iso}, url=None)
     async with sms_app(settings):
         await produce_all(infra.kafka_bootstrap, settings.notify_topic("sms"), [d])
         await statuses_of(infra, settings, {d.notification_id}, final=1)
