@@ -7,7 +7,7 @@ import logging
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
 
-from shared import Channel, Dispatch, HeraldSettings, header
+from shared import Channel, Dispatch, HeraldSettings, header, utcnow
 from shared._kafka import DLQ_REASON, DLQ_STAGE, DLQ_TOPIC
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ def destination(settings: HeraldSettings, stage: str, value: bytes, original_top
             dispatch = Dispatch.model_validate_json(value)
         except ValidationError:
             return None
-        fresh = dispatch.model_copy(update={"attempt": 1, "not_before": None})
+        fresh = dispatch.model_copy(update={"attempt": 1, "not_before": None, "retry_from": utcnow()})  # a new retry window
         return settings.notify_topic(dispatch.channel.value, critical=dispatch.critical), fresh.model_dump_json().encode()
     return None
 

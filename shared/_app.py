@@ -41,6 +41,8 @@ class Resources:
     redis: Redis = field(default=None)  # type: ignore[assignment]
     http: httpx.AsyncClient = field(default=None)  # type: ignore[assignment]
     extra: dict[str, Any] = field(default_factory=dict)
+    #: What keeps this service from doing its work right now (an outage its handlers are waiting out), by name; /readyz shows it.
+    problems: dict[str, str] = field(default_factory=dict)
 
 
 class Readiness(BaseModel):
@@ -98,7 +100,11 @@ def create_service(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             resources.pool = await create_pool(
-                settings.database_url, min_size=settings.database_pool_min, max_size=settings.database_pool_max
+                settings.database_url,
+                min_size=settings.database_pool_min,
+                max_size=settings.database_pool_max,
+                connect_timeout=settings.database_connect_timeout_seconds,
+                statement_timeout=settings.database_statement_timeout_seconds,
             )
             stack.push_async_callback(resources.pool.close)
             resources.redis = Redis.from_url(settings.redis_url, decode_responses=False)
@@ -106,9 +112,21 @@ def create_service(
             resources.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False)
             stack.push_async_callback(resources.http.aclose)
             await broker.connect()
-            stack.push_async_callback(broker.stop)
+            stopped = False
+
+            async def stop_broker() -> None:
+                # Drain: stop fetching, let the handlers in flight finish, record and publish
+                # their outcomes and commit (up to HERALD_DRAIN_TIMEOUT_SECONDS), then close.
+                nonlocal stopped
+                if not stopped:
+                    stopped = True
+                    await broker.stop()
+
+            stack.push_async_callback(stop_broker)
             for hook in hooks:
                 await stack.enter_async_context(hook(resources))
+            # Pushed after the hooks, so it runs before they close: providers outlive the drain.
+            stack.push_async_callback(stop_broker)
             await broker.start()
             await stack.enter_async_context(
                 consumer_lag(settings.kafka_bootstrap, broker, resources.metrics, interval=settings.consumer_lag_interval_seconds)
@@ -144,7 +162,8 @@ def create_service(
             _check("redis", resources.redis.ping, 2.5),
         )
         checks = {name: error or "ok" for name, error in results}
-        ready = all(error is None for _, error in results)
+        checks.update(resources.problems)  # outages the handlers are waiting out
+        ready = all(error is None for _, error in results) and not resources.problems
         return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
 
     if api is not None:

@@ -32,8 +32,15 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """Open a pool whose connections decode json/jsonb into Python objects."""
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 5.0, statement_timeout: float = 15.0
+) -> asyncpg.Pool:
+    """Open a pool whose connections decode json/jsonb into Python objects.
+
+    A connection attempt gives up after ``connect_timeout`` seconds and a statement after
+    ``statement_timeout`` (server side, and the client stops waiting a second later), so a
+    PostgreSQL that hangs is an outage the senders wait out, not a handler stuck for ever.
+    """
 
     async def init(conn: asyncpg.Connection) -> None:
         import json
@@ -41,7 +48,16 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
         for kind in ("json", "jsonb"):
             await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
-    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init, reset=_no_session_state)
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=init,
+        reset=_no_session_state,
+        timeout=connect_timeout,
+        command_timeout=statement_timeout + 1 if statement_timeout else None,
+        server_settings={"statement_timeout": str(int(statement_timeout * 1000))},
+    )
 
 
 async def _no_session_state(conn: asyncpg.Connection) -> None:

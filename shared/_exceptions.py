@@ -55,3 +55,42 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Is ``exc`` a dependency being unreachable (PostgreSQL, Redis, the network), not something about a message?
+
+    An outage is waited out, never charged to the message being handled: its attempts are kept.
+    A database error about the data itself (a NUL character, a value too long) is not an outage.
+    """
+    import asyncpg.exceptions as pg
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    outages: tuple[type[BaseException], ...] = (
+        OSError,  # ConnectionError and its kin
+        TimeoutError,  # asyncio.TimeoutError too
+        pg.InterfaceError,  # the connection closed under the query, or the pool is closing
+        pg.PostgresConnectionError,  # class 08: connection exceptions
+        pg.CannotConnectNowError,  # the server is starting up
+        pg.OperatorInterventionError,  # class 57: shutting down, or the query cancelled (statement_timeout too)
+        pg.TooManyConnectionsError,
+        RedisConnectionError,
+        RedisTimeoutError,
+    )
+    return isinstance(exc, outages)
+
+
+def describe(exc: BaseException, *, frames: int = 4, limit: int = 1500) -> str:
+    """A short, masked account of an unexpected exception: its type, message and last frames.
+
+    Addresses and numbers are masked, so the text can go into ``dlq`` headers and logs.
+    """
+    import traceback
+
+    from ._logging import mask_text
+
+    summary = traceback.extract_tb(exc.__traceback__)[-frames:]
+    where = " <- ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in reversed(summary))
+    text = f"{type(exc).__name__}: {exc}" + (f" [at {where}]" if where else "")
+    return mask_text(text)[:limit]

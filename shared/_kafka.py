@@ -41,6 +41,7 @@ def make_broker(settings: HeraldSettings, *, registry: CollectorRegistry | None 
         enable_idempotence=settings.kafka_enable_idempotence,
         request_timeout_ms=settings.kafka_request_timeout_ms,
         metadata_max_age_ms=settings.kafka_metadata_max_age_ms,
+        graceful_timeout=settings.drain_timeout_seconds or None,  # stopping waits this long for handlers in flight
         middlewares=middlewares,
         logger=logging.getLogger(f"herald.{settings.service_name}.kafka"),
     )
@@ -76,7 +77,7 @@ def all_topics(settings: HeraldSettings) -> list[str]:
         topics += [
             settings.notify_topic(channel),
             settings.notify_topic(channel, critical=True),
-            settings.retry_topic(channel),
+            *settings.retry_topics(channel),
         ]
     topics += [settings.status_topic, settings.dlq_topic]
     return topics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 
 from pythonjsonlogger.json import JsonFormatter
@@ -62,3 +63,13 @@ def mask_phone(number: str | None) -> str:
         return "-"
     keep_head = min(5, max(len(number) - 4, 0))
     return number[:keep_head] + "*" * max(len(number) - keep_head - 2, 0) + number[-2:]
+
+
+_EMAILISH = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_NUMBERISH = re.compile(r"\+\d[\d ().-]{5,}\d|\b\d{8,15}\b")
+
+
+def mask_text(text: str) -> str:
+    """``text`` with every email address and phone-number-like run masked (errors quote them)."""
+    text = _EMAILISH.sub(lambda m: mask_email(m.group()), text)
+    return _NUMBERISH.sub(lambda m: mask_phone(re.sub(r"[^\d+]", "", m.group())), text)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: Namespace of every notification id; never change it, ids would stop matching.
 NOTIFICATION_NAMESPACE = uuid.UUID("6f1f3c2e-6a43-5d4e-9c61-8a3b2f0e7d11")
@@ -43,6 +44,39 @@ def notification_id(*, source: str, event_id: str, user_id: str, channel: str) -
     return uuid.uuid5(NOTIFICATION_NAMESPACE, f"{source}|{event_id}|{user_id}|{channel}")
 
 
+#: The longest string an event may carry in any attribute or data field (characters).
+MAX_TEXT_LENGTH = 65_536
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable(value: Any, path: str = "") -> str | None:
+    """Why ``value`` (a JSON document) cannot be stored as text, naming where; None when it can.
+
+    PostgreSQL's text refuses NUL, UTF-8 cannot encode a lone surrogate, and a string of more than
+    ``MAX_TEXT_LENGTH`` characters is not a notification's business.
+    """
+    if isinstance(value, str):
+        if len(value) > MAX_TEXT_LENGTH:
+            return f"{path or 'value'}: text longer than {MAX_TEXT_LENGTH} characters"
+        found = _UNSTORABLE.search(value)
+        if found:
+            what = "a NUL character" if found.group() == "\x00" else "a lone surrogate"
+            return f"{path or 'value'}: contains {what}, which cannot be stored"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = unstorable(key, path) if isinstance(key, str) and _UNSTORABLE.search(key) else None
+            problem = problem or unstorable(item, f"{path}.{key}" if path else str(key))
+            if problem:
+                return problem
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            problem = unstorable(item, f"{path}[{i}]")
+            if problem:
+                return problem
+    return None
+
+
 class CloudEvent(BaseModel):
     """A CloudEvents 1.0 event in structured JSON mode."""
 
@@ -64,6 +98,19 @@ class CloudEvent(BaseModel):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+    @model_validator(mode="after")
+    def _storable(self) -> CloudEvent:
+        """Refuse attributes no store downstream can keep: NUL characters, lone surrogates, over-long strings.
+
+        ``data`` is checked by its type's model (``shared.events.EventData``), so a bad field there
+        is ``invalid_data``, while a bad attribute makes the whole event unreadable.
+        """
+        attributes = {k: v for k, v in self.__dict__.items() if k != "data"}
+        problem = unstorable(attributes) or unstorable(self.__pydantic_extra__ or {})
+        if problem:
+            raise ValueError(problem)
+        return self
 
     @property
     def area(self) -> str:
@@ -98,6 +145,8 @@ class Dispatch(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
     attempt: int = Field(default=1, ge=1)
     not_before: datetime | None = None
+    expires_at: datetime | None = Field(default=None, description="After this the notification is pointless: finished as expired, never sent late")
+    retry_from: datetime | None = Field(default=None, description="When its retry window started, if not at created_at (a replay from dlq starts a new one)")
 
 
 class DeliveryState(StrEnum):
@@ -108,6 +157,7 @@ class DeliveryState(StrEnum):
     duplicate = "duplicate"
     retrying = "retrying"
     dead_lettered = "dead_lettered"
+    expired = "expired"
 
 
 class DeliveryStatus(BaseModel):
@@ -123,6 +173,7 @@ class DeliveryStatus(BaseModel):
     attempt: int = 1
     provider_message_id: str | None = None
     critical: bool = False
+    replayed: bool = Field(default=False, description="True when a redelivered copy repeats the outcome recorded for its first copy")
     at: datetime = Field(default_factory=utcnow)
 
     @classmethod

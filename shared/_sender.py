@@ -3,19 +3,25 @@
 A sender supplies one coroutine, ``deliver(dispatch, resources)``, that hands a
 dispatch to its provider and returns the provider's message id, or raises a
 ``TransientError``, ``PermanentError`` or ``Suppressed``. This module does the
-rest, the same way for every channel:
+rest, the same way for every channel (docs/reliability.md says why each rule):
 
 * consumes ``notify.<channel>`` and, in its own consumer group, the priority
-  lane ``notify.<channel>.critical``, plus ``retry.<channel>``;
+  lane ``notify.<channel>.critical``, plus the delay topics of both lanes;
 * claims the notification in the channel's ledger before calling the provider,
-  so an id already sent is never sent again (a redelivered message is counted
-  as a duplicate);
-* delivers a batch concurrently, bounded by ``settings.concurrency``;
-* schedules transient failures on ``retry.<channel>`` with exponential backoff
-  and jitter, and dead-letters the dispatch after the last attempt;
-* publishes every outcome to ``notify.status`` and counts it;
-* returns only when every message of the batch is finished, so the offset is
-  committed after the outcome is recorded.
+  so an id already sent is never sent again; a redelivered copy of a finished
+  notification re-publishes its recorded outcome, and a copy of one in flight
+  waits for that outcome first;
+* gives every record exactly one outcome: sent, suppressed, failed, expired,
+  retry scheduled or dead-lettered. An unexpected exception is an attempt of its
+  own record only; an outage of PostgreSQL or Redis is waited out with backoff
+  and charged to no record;
+* retries transient failures over a time window (per lane) with exponential
+  backoff, full jitter and ``Retry-After`` in full, through tiered delay topics
+  whose consumers pause a partition until its next record is due;
+* once the provider has accepted a send, records it even through a database
+  outage (the write is retried with backoff, never answered by sending again);
+* publishes every outcome to ``notify.status`` and counts it, and returns only
+  when every record of the batch is finished, so offsets are committed after.
 """
 
 from __future__ import annotations
@@ -24,18 +30,20 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 
 from ._app import KafkaResources, Resources
-from ._exceptions import PermanentError, Suppressed, TransientError
-from ._kafka import Outgoing, dead_letter, publish_many, subscriber_options
+from ._exceptions import PermanentError, Suppressed, TransientError, describe, is_outage
+from ._kafka import Outgoing, dead_letter, header, publish_many, subscriber_options
 from ._logging import event_id_var, notification_id_var
 from ._models import Channel, DeliveryState, DeliveryStatus, Dispatch, utcnow
 from ._settings import HeraldSettings
@@ -45,14 +53,37 @@ log = logging.getLogger(__name__)
 Deliver = Callable[[Dispatch, Resources], Awaitable[str | None]]
 Clock = Callable[[], datetime]
 
+#: Ledger states after which a notification is finished: nothing more is done with it.
+FINAL_STATES = frozenset({"sent", "delivered", "failed", "suppressed", "expired"})
+#: Header on a delay-topic record: when it is due (epoch seconds), so a lane need not parse it to wait.
+NOT_BEFORE_HEADER = "herald-not-before"
+
 
 def retry_delay(attempt: int, *, base: float, cap: float, retry_after: float | None = None, rng: random.Random | None = None) -> float:
-    """Seconds to wait before attempt ``attempt + 1``: full-jitter exponential backoff, at least ``retry_after``."""
-    ceiling = min(cap, base * (2 ** (attempt - 1)))
-    delay = (rng or random).uniform(ceiling / 2, ceiling)
+    """Seconds to wait before attempt ``attempt + 1``: exponential backoff with full jitter, at least ``retry_after``.
+
+    ``cap`` bounds the backoff, not the provider's ``Retry-After``, which is honoured in full.
+    """
+    ceiling = min(cap, base * (2 ** min(attempt - 1, 62)))
+    delay = (rng or random).uniform(0, ceiling)
     if retry_after is not None:
-        delay = max(delay, min(retry_after, cap))
+        delay = max(delay, retry_after)
     return delay
+
+
+def delay_tier(delay: float, tiers: Sequence[int]) -> int:
+    """The delay topic for a wait of ``delay`` seconds: the longest tier not longer than it (else the shortest)."""
+    fitting = [t for t in tiers if t <= delay]
+    return max(fitting) if fitting else min(tiers)
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    status: str  # a DeliveryState's value, or "claimed" (in flight)
+    attempts: int
+    claimed_at: datetime | None
+    error: str | None
+    provider_message_id: str | None
 
 
 class Ledger:
@@ -81,14 +112,23 @@ class Ledger:
             self.lease,
         )
 
-    async def in_flight_until(self, *, conn: Any, notification_id: Any, target: str = "") -> datetime | None:
-        """When the lease of a delivery someone else has claimed runs out; None if it is finished."""
-        claimed_at = await conn.fetchval(
-            f"SELECT claimed_at FROM {self.table} WHERE notification_id = $1 AND target = $2 AND status = 'claimed'",
+    async def row(self, *, conn: Any, notification_id: Any, target: str = "") -> LedgerRow | None:
+        """What the ledger holds about a delivery."""
+        found = await conn.fetchrow(
+            f"SELECT status, attempts, claimed_at, error, provider_message_id FROM {self.table} WHERE notification_id = $1 AND target = $2",
             notification_id,
             target,
         )
-        return None if claimed_at is None else claimed_at + self.lease
+        if found is None:
+            return None
+        return LedgerRow(found["status"], found["attempts"], found["claimed_at"], found["error"], found["provider_message_id"])
+
+    async def in_flight_until(self, *, conn: Any, notification_id: Any, target: str = "") -> datetime | None:
+        """When the lease of a delivery someone else has claimed runs out; None if it is finished."""
+        row = await self.row(conn=conn, notification_id=notification_id, target=target)
+        if row is None or row.status != "claimed" or row.claimed_at is None:
+            return None
+        return row.claimed_at + self.lease
 
     async def finish(
         self,
@@ -101,6 +141,8 @@ class Ledger:
         error: str | None = None,
     ) -> None:
         """Record the outcome of a claimed delivery."""
+        if error is not None:
+            error = error.replace("\x00", "\\0")[:2000]  # an error may quote what PostgreSQL cannot store
         await conn.execute(
             f"""
             UPDATE {self.table}
@@ -116,6 +158,10 @@ class Ledger:
         )
 
 
+class Outage(Exception):
+    """A dependency (PostgreSQL, Redis, Kafka) is unreachable: the batch is handed back and tried again after a pause."""
+
+
 class SenderPipeline:
     """Consumes a channel's topics and drives ``deliver`` with the shared semantics."""
 
@@ -126,60 +172,143 @@ class SenderPipeline:
         deliver: Deliver,
         *,
         ledger: Ledger,
-        max_attempts: int = 5,
+        max_attempts: int = 0,
         retry_base_seconds: float = 1.0,
-        retry_cap_seconds: float = 120.0,
+        retry_cap_seconds: float = 600.0,
         clock: Clock = utcnow,
     ) -> None:
         self.settings = settings
         self.channel = channel
         self.deliver = deliver
         self.ledger = ledger
-        self.max_attempts = max_attempts
+        self.ledger.lease = timedelta(seconds=settings.delivery_lease_seconds)
+        self.max_attempts = max_attempts  # 0: the retry window alone decides when to give up
         self.retry_base = retry_base_seconds
         self.retry_cap = retry_cap_seconds
-        self.clock = clock  # every time decision (waiting for not_before, scheduling a retry) reads this
-        self._in_flight: set[Any] = set()  # notification ids this process has claimed and not yet finished
+        self.clock = clock  # every time decision (due, expired, the next attempt, the window) reads this
+        # Notification ids this process is delivering now, each with the outcome its copies wait for.
+        self._running: dict[uuid.UUID, asyncio.Future[None]] = {}
+        self._outages = 0  # consecutive batches handed back for an outage
+        self._resume_handles: dict[TopicPartition, asyncio.TimerHandle] = {}
+
+    # ------------------------------------------------------------------ wiring
+
+    def delay_topics(self, *, critical: bool) -> list[str]:
+        return [self.settings.retry_topic(self.channel.value, critical=critical, tier=t) for t in self.settings.retry_tiers_seconds]
 
     def routers(self) -> list[KafkaRouter]:
-        """The FastStream routers: the normal lane, the priority lane and the retry topic."""
+        """The FastStream routers: the normal lane, the priority lane and the delay topics of each."""
         router = KafkaRouter()
         s, ch = self.settings, self.channel.value
         lanes = [
-            (s.notify_topic(ch), f"{ch}", "normal"),
-            (s.notify_topic(ch, critical=True), f"{ch}-critical", "critical"),
-            (s.retry_topic(ch), f"{ch}-retry", "retry"),
+            ([s.notify_topic(ch)], f"{ch}", "normal", False),
+            ([s.notify_topic(ch, critical=True)], f"{ch}-critical", "critical", False),
+            (self.delay_topics(critical=False), f"{ch}-retry", "retry", True),
+            (self.delay_topics(critical=True), f"{ch}-retry-critical", "retry-critical", True),
         ]
-        for topic, group, lane in lanes:
+        for topics, group, lane, delayed in lanes:
             router.subscriber(
-                topic, **subscriber_options(s, group), title=f"{ch}:{lane}", description=f"Dispatches for the {ch} channel ({lane})"
-            )(self._handler(lane))
+                *topics, **subscriber_options(s, group), title=f"{ch}:{lane}", description=f"Dispatches for the {ch} channel ({lane})"
+            )(self._handler(lane, delayed=delayed))
         # Declared for the AsyncAPI document: what this sender writes.
         router.publisher(s.status_topic, title=f"{ch}:writes:status", schema=DeliveryStatus, description="Every delivery outcome")
-        router.publisher(s.retry_topic(ch), title=f"{ch}:writes:retry", schema=Dispatch, description="Dispatches waiting for another attempt")
+        for critical in (False, True):
+            for topic in self.delay_topics(critical=critical):
+                router.publisher(topic, title=f"{ch}:writes:{topic}", schema=Dispatch, description="Dispatches waiting for another attempt")
         router.publisher(s.dlq_topic, title=f"{ch}:writes:dlq", schema=Dispatch, description="Dispatches that exhausted their retries, or unreadable bytes")
         return [router]
 
-    def _handler(self, lane: str) -> Callable[..., Awaitable[None]]:
+    def _handler(self, lane: str, *, delayed: bool) -> Callable[..., Awaitable[None]]:
         async def on_dispatch(_: None, msg: KafkaMessage, res: KafkaResources) -> None:
-            await self.handle_batch(list(msg.raw_message), res, lane=lane)
+            records = list(msg.raw_message)
+            if delayed:
+                records = self.hold_back(records, msg.consumer)
+            await self.handle_batch(records, res, lane=lane)
 
-        on_dispatch.__name__ = f"on_{self.channel.value}_{lane}_dispatch"
+        on_dispatch.__name__ = f"on_{self.channel.value}_{lane.replace('-', '_')}_dispatch"
         return on_dispatch
 
+    # ------------------------------------------------------------------ delay topics
+
+    def hold_back(self, records: list[ConsumerRecord], consumer: Any) -> list[ConsumerRecord]:
+        """The records of a delay-topic batch that are due; each partition whose next record is not is paused until it is.
+
+        The partition is rewound to its first record that is not due, so the batch's commit
+        stops there, and resumed (and that record fetched again) when it falls due.
+        """
+        now = self.clock().timestamp()
+        due: list[ConsumerRecord] = []
+        waiting: dict[TopicPartition, tuple[int, float]] = {}
+        for record in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
+            tp = TopicPartition(record.topic, record.partition)
+            if tp in waiting:
+                continue
+            at = _due_at(record)
+            if at is not None and at > now:
+                waiting[tp] = (record.offset, at)
+            else:
+                due.append(record)
+        for tp, (offset, at) in waiting.items():
+            consumer.seek(tp, offset)
+            consumer.pause(tp)
+            previous = self._resume_handles.pop(tp, None)
+            if previous is not None:
+                previous.cancel()
+            self._resume_handles[tp] = asyncio.get_running_loop().call_later(max(at - now, 0.0), self._resume, consumer, tp)
+        return due
+
+    def _resume(self, consumer: Any, tp: TopicPartition) -> None:
+        self._resume_handles.pop(tp, None)
+        try:
+            consumer.resume(tp)
+        except Exception:  # revoked meanwhile: the new owner reads it afresh
+            log.debug("partition %s no longer assigned; not resumed", tp)
+
+    # ------------------------------------------------------------------ batches and records
+
     async def handle_batch(self, records: list[ConsumerRecord], res: Resources, *, lane: str) -> None:
-        """Finish every record of a batch (sent, suppressed, failed, retry scheduled or dead-lettered)."""
+        """Finish every record of a batch (sent, suppressed, failed, expired, retry scheduled or dead-lettered).
+
+        Each record is on its own: one raising affects no other. When a dependency is down, the
+        records that could finish are published, then the batch is handed back (not committed)
+        after a pause that grows while the outage lasts, and readiness reports it.
+        """
         limit = asyncio.Semaphore(self.settings.concurrency)
 
         async def one(record: ConsumerRecord) -> list[Outgoing]:
             async with limit:
-                return await self.handle_record(record, res, lane=lane)
+                try:
+                    return await self.handle_record(record, res, lane=lane)
+                except Exception as exc:
+                    if is_outage(exc):
+                        raise
+                    # Not even its outcome could be recorded: the record itself goes to dlq, once.
+                    log.error("record %s/%s@%s could not be finished: %s", record.topic, record.partition, record.offset, describe(exc))
+                    res.metrics.dead_lettered.labels(self.channel.value, "unexpected_error").inc()
+                    return [dead_letter(self.settings, record, stage=self.channel.value, reason="unexpected_error", error=describe(exc))]
 
-        results = await asyncio.gather(*(one(r) for r in records))
-        await publish_many(res.broker, [m for batch in results for m in batch])
+        results = await asyncio.gather(*(one(r) for r in records), return_exceptions=True)
+        outgoing = [m for result in results if isinstance(result, list) for m in result]
+        outages = [r for r in results if isinstance(r, BaseException)]
+        if outgoing:
+            try:
+                await publish_many(res.broker, outgoing)
+            except Exception as exc:
+                outages.append(exc)
+        if outages:
+            self._outages += 1
+            pause = min(self.settings.outage_backoff_max_seconds, 0.5 * 2 ** min(self._outages - 1, 10))
+            res.problems[f"{self.channel.value}-delivery"] = f"{type(outages[0]).__name__}: {outages[0]}"[:300]
+            log.warning("%s: a dependency is down (%s); batch handed back, trying again in %.1fs", self.channel.value, outages[0], pause)
+            await asyncio.sleep(pause)
+            raise Outage(str(outages[0])) from outages[0]
+        if self._outages:
+            log.info("%s: dependencies are back after %d failed batch(es)", self.channel.value, self._outages)
+            self._outages = 0
+        res.problems.pop(f"{self.channel.value}-delivery", None)
 
     async def handle_record(self, record: ConsumerRecord, res: Resources, *, lane: str) -> list[Outgoing]:
-        """Process one record; return the messages to publish about it."""
+        """Process one record; return the messages to publish about it. Raises only for an outage."""
         try:
             dispatch = Dispatch.model_validate_json(record.value or b"")
         except ValidationError as exc:
@@ -188,34 +317,73 @@ class SenderPipeline:
             return [dead_letter(self.settings, record, stage=self.channel.value, reason="invalid_dispatch", error=str(exc))]
         event_id_var.set(dispatch.event_id)
         notification_id_var.set(str(dispatch.notification_id))
-        if dispatch.not_before is not None:
-            wait = (dispatch.not_before - self.clock()).total_seconds()
-            if wait > 0:
-                await asyncio.sleep(wait)
         return await self.process(dispatch, res, lane=lane, record=record)
 
     async def process(self, dispatch: Dispatch, res: Resources, *, lane: str, record: ConsumerRecord | None = None) -> list[Outgoing]:
-        """Claim, deliver and record one dispatch."""
-        async with res.pool.acquire() as conn:
-            attempts = await self.ledger.claim(conn=conn, dispatch=dispatch)
-            if attempts is not None:
-                self._in_flight.add(dispatch.notification_id)
-            lease_end = None
-            if attempts is None and dispatch.notification_id not in self._in_flight:
-                lease_end = await self.ledger.in_flight_until(conn=conn, notification_id=dispatch.notification_id)
-        if lease_end is not None:
-            # Claimed by a delivery that has not finished: maybe in flight elsewhere, maybe its
-            # process died mid-send. Look again when its lease runs out rather than drop it.
-            retry = dispatch.model_copy(update={"not_before": lease_end})
-            return [Outgoing(self.settings.retry_topic(self.channel.value), retry, key=dispatch.recipient.user_id)]
-        if attempts is None:
-            return [self._status(dispatch, DeliveryState.duplicate, res, reason="already_processed")]
+        """Claim, deliver and record one dispatch; a copy of one in flight here waits for its outcome."""
+        nid = dispatch.notification_id
+        first = self._running.get(nid)
+        if first is not None:
+            await asyncio.shield(first)
+            return await self._replay(dispatch, res)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._running[nid] = done  # before any await: a second copy in this process now waits
         try:
+            try:
+                async with res.pool.acquire() as conn:
+                    attempts = await self.ledger.claim(conn=conn, dispatch=dispatch)
+            except Exception as exc:
+                if is_outage(exc):
+                    raise
+                # The ledger refuses the dispatch itself (text PostgreSQL cannot store): it can never be claimed.
+                return self._dead_letter_unclaimable(dispatch, res, exc)
+            if attempts is None:
+                return await self._not_ours(dispatch, res)
             return await self._deliver(dispatch, res)
         finally:
-            self._in_flight.discard(dispatch.notification_id)
+            del self._running[nid]
+            done.set_result(None)
+
+    def _dead_letter_unclaimable(self, dispatch: Dispatch, res: Resources, exc: Exception) -> list[Outgoing]:
+        error = describe(exc)
+        log.error("dispatch %s cannot be claimed: %s", dispatch.notification_id, error)
+        res.metrics.dead_lettered.labels(self.channel.value, "unclaimable").inc()
+        headers = {"herald-stage": self.channel.value, "herald-reason": "unclaimable", "herald-error": error}
+        return [
+            self._status(dispatch, DeliveryState.dead_lettered, res, reason="unclaimable"),
+            Outgoing(self.settings.dlq_topic, dispatch, key=dispatch.recipient.user_id, headers=headers),
+        ]
+
+    async def _not_ours(self, dispatch: Dispatch, res: Resources) -> list[Outgoing]:
+        """A dispatch the ledger would not let us claim: finished (say so again), or in flight elsewhere (look again later)."""
+        async with res.pool.acquire() as conn:
+            row = await self.ledger.row(conn=conn, notification_id=dispatch.notification_id)
+        if row is not None and row.status == "claimed" and row.claimed_at is not None:
+            # Claimed by a delivery that has not finished: in flight in another process, or its
+            # process died mid-send. Look again when its lease runs out rather than drop it.
+            retry = dispatch.model_copy(update={"not_before": row.claimed_at + self.ledger.lease})
+            return [self._delayed(retry, (retry.not_before - self.clock()).total_seconds())]  # type: ignore[operator]
+        return await self._replay(dispatch, res, row)
+
+    async def _replay(self, dispatch: Dispatch, res: Resources, row: LedgerRow | None = None) -> list[Outgoing]:
+        """A redelivered copy of a finished notification: publish its recorded outcome again, never deliver it again."""
+        if row is None:
+            async with res.pool.acquire() as conn:
+                row = await self.ledger.row(conn=conn, notification_id=dispatch.notification_id)
+        if row is None or row.status not in FINAL_STATES:
+            # Its first copy scheduled a retry (or is waiting in dlq): that copy carries it on.
+            res.metrics.deliveries.labels(self.channel.value, dispatch.event_type, DeliveryState.duplicate.value, "in_retry").inc()
+            return []
+        res.metrics.deliveries.labels(self.channel.value, dispatch.event_type, DeliveryState.duplicate.value, "already_processed").inc()
+        status = DeliveryStatus.of(
+            dispatch, DeliveryState(row.status), reason=None if row.status == "sent" else row.error, provider_message_id=row.provider_message_id, replayed=True
+        )
+        return [Outgoing(self.settings.status_topic, status, key=str(dispatch.notification_id))]
 
     async def _deliver(self, dispatch: Dispatch, res: Resources) -> list[Outgoing]:
+        now = self.clock()
+        if dispatch.expires_at is not None and now >= dispatch.expires_at:
+            return await self._record(dispatch, res, DeliveryState.expired, reason="expired", error=f"expired at {dispatch.expires_at.isoformat()}")
         started = time.perf_counter()
         try:
             provider_id = await self.deliver(dispatch, res)
@@ -227,14 +395,15 @@ class SenderPipeline:
         except TransientError as exc:
             self._observe_latency(res, started)
             return await self._transient(dispatch, res, exc)
+        except Exception as exc:  # a bug or a poison record: an attempt of this record only
+            return await self._unexpected(dispatch, res, exc)
         self._observe_latency(res, started)
         if dispatch.event_time is not None:
             lane_label = "critical" if dispatch.critical else "normal"
-            res.metrics.end_to_end.labels(self.channel.value, lane_label).observe(
-                max((self.clock() - dispatch.event_time).total_seconds(), 0.0)
-            )
+            res.metrics.end_to_end.labels(self.channel.value, lane_label).observe(max((self.clock() - dispatch.event_time).total_seconds(), 0.0))
         log.info("sent %s %s to user %s", self.channel.value, dispatch.event_type, dispatch.recipient.user_id)
-        return await self._record(dispatch, res, DeliveryState.sent, provider_message_id=provider_id)
+        # The provider has it: from here on, only recording it is left, whatever the database does.
+        return await self._record(dispatch, res, DeliveryState.sent, provider_message_id=provider_id, patient=True)
 
     def _observe_latency(self, res: Resources, started: float) -> None:
         res.metrics.provider_latency.labels(self.channel.value, self.provider_name(res)).observe(time.perf_counter() - started)
@@ -242,18 +411,47 @@ class SenderPipeline:
     def provider_name(self, res: Resources) -> str:
         return str(res.extra.get("provider", self.channel.value))
 
+    async def _unexpected(self, dispatch: Dispatch, res: Resources, exc: Exception) -> list[Outgoing]:
+        if is_outage(exc):
+            # PostgreSQL or Redis went away under the provider call: not the message's fault, but
+            # the attempt is over; it is retried like any transient failure (its window goes on).
+            return await self._transient(dispatch, res, TransientError("dependency_unavailable", describe(exc)))
+        log.error("unexpected error delivering %s: %s", dispatch.notification_id, describe(exc))
+        return await self._transient(dispatch, res, TransientError("unexpected_error", describe(exc)))
+
+    def window_end(self, dispatch: Dispatch) -> datetime:
+        """When retrying stops: the lane's window from when the dispatch was routed, or its expiry if sooner."""
+        s = self.settings
+        window = s.retry_window_critical_seconds if dispatch.critical else s.retry_window_seconds
+        end = (dispatch.retry_from or dispatch.created_at) + timedelta(seconds=window)
+        return min(end, dispatch.expires_at) if dispatch.expires_at is not None else end
+
     async def _transient(self, dispatch: Dispatch, res: Resources, exc: TransientError) -> list[Outgoing]:
-        if dispatch.attempt >= self.max_attempts:
-            log.error("giving up on %s after %d attempts: %s", dispatch.notification_id, dispatch.attempt, exc)
+        delay = retry_delay(dispatch.attempt, base=self.retry_base, cap=self.retry_cap, retry_after=exc.retry_after)
+        next_at = self.clock() + timedelta(seconds=delay)
+        out_of_attempts = bool(self.max_attempts and dispatch.attempt >= self.max_attempts)
+        if exc.reason == "unexpected_error" and dispatch.attempt >= self.settings.unexpected_error_attempts:
+            out_of_attempts = True  # a bug or a poison record: to dlq, to be replayed once fixed, not retried for the whole window
+        if dispatch.expires_at is not None and next_at >= dispatch.expires_at and not out_of_attempts:
+            return await self._record(dispatch, res, DeliveryState.expired, reason="expired", error=f"{exc} (next attempt after expiry)")
+        if out_of_attempts or next_at > self.window_end(dispatch):
+            why = f"after {dispatch.attempt} attempts" if out_of_attempts else "when its retry window closed"
+            log.error("giving up on %s %s: %s", dispatch.notification_id, why, exc)
             out = await self._record(dispatch, res, DeliveryState.dead_lettered, reason="retries_exhausted", error=str(exc))
             res.metrics.dead_lettered.labels(self.channel.value, "retries_exhausted").inc()
             headers = {"herald-stage": self.channel.value, "herald-reason": "retries_exhausted", "herald-error": str(exc)[:2000]}
             return [*out, Outgoing(self.settings.dlq_topic, dispatch, key=dispatch.recipient.user_id, headers=headers)]
-        delay = retry_delay(dispatch.attempt, base=self.retry_base, cap=self.retry_cap, retry_after=exc.retry_after)
-        retry = dispatch.model_copy(update={"attempt": dispatch.attempt + 1, "not_before": self.clock() + timedelta(seconds=delay)})
+        retry = dispatch.model_copy(update={"attempt": dispatch.attempt + 1, "not_before": next_at})
         log.warning("attempt %d of %s failed (%s); retrying in %.1fs", dispatch.attempt, dispatch.notification_id, exc, delay)
         out = await self._record(dispatch, res, DeliveryState.retrying, reason=exc.reason, error=str(exc))
-        return [*out, Outgoing(self.settings.retry_topic(self.channel.value), retry, key=dispatch.recipient.user_id)]
+        return [*out, self._delayed(retry, delay)]
+
+    def _delayed(self, dispatch: Dispatch, delay: float) -> Outgoing:
+        """``dispatch`` on the delay topic of its lane that fits ``delay``."""
+        tier = delay_tier(delay, self.settings.retry_tiers_seconds)
+        topic = self.settings.retry_topic(self.channel.value, critical=dispatch.critical, tier=tier)
+        due = dispatch.not_before.timestamp() if dispatch.not_before is not None else self.clock().timestamp()
+        return Outgoing(topic, dispatch, key=dispatch.recipient.user_id, headers={NOT_BEFORE_HEADER: f"{due:.3f}"})
 
     async def _record(
         self,
@@ -264,11 +462,31 @@ class SenderPipeline:
         reason: str | None = None,
         error: str | None = None,
         provider_message_id: str | None = None,
+        patient: bool = False,
     ) -> list[Outgoing]:
-        async with res.pool.acquire() as conn:
-            await self.ledger.finish(
-                conn=conn, notification_id=dispatch.notification_id, status=state, provider_message_id=provider_message_id, error=error or reason
-            )
+        """Write the outcome to the ledger and say it on ``notify.status``.
+
+        ``patient``: the provider has accepted the send, so the write is retried with backoff
+        through an outage (up to ``HERALD_LEDGER_WRITE_PATIENCE_SECONDS``) instead of letting the
+        record be redelivered and sent again.
+        """
+        deadline = time.monotonic() + (self.settings.ledger_write_patience_seconds if patient else 0)
+        pause = 0.2
+        while True:
+            try:
+                async with res.pool.acquire() as conn:
+                    await self.ledger.finish(
+                        conn=conn, notification_id=dispatch.notification_id, status=state, provider_message_id=provider_message_id, error=error or reason
+                    )
+                break
+            except Exception as exc:
+                if not is_outage(exc) or time.monotonic() >= deadline:
+                    raise
+                res.problems[f"{self.channel.value}-ledger"] = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("ledger write of %s (%s) failed (%s); trying again in %.1fs", dispatch.notification_id, state.value, exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 10.0)
+        res.problems.pop(f"{self.channel.value}-ledger", None)
         return [self._status(dispatch, state, res, reason=reason, provider_message_id=provider_message_id)]
 
     def _status(self, dispatch: Dispatch, state: DeliveryState, res: Resources, **fields: Any) -> Outgoing:
@@ -276,3 +494,17 @@ class SenderPipeline:
         status = DeliveryStatus.of(dispatch, state, **fields)
         return Outgoing(self.settings.status_topic, status, key=str(dispatch.notification_id))
 
+
+def _due_at(record: ConsumerRecord) -> float | None:
+    """When a delay-topic record is due (epoch seconds), from its header or else its body; None if unreadable."""
+    value = header(record, NOT_BEFORE_HEADER)
+    if value is not None:
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    try:
+        dispatch = Dispatch.model_validate_json(record.value or b"")
+    except ValidationError:
+        return None  # dead-lettered when handled
+    return dispatch.not_before.timestamp() if dispatch.not_before is not None else None

@@ -59,6 +59,8 @@ class HeraldSettings(BaseSettings):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/herald"
     database_pool_min: int = 1
     database_pool_max: int = 10
+    database_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    database_statement_timeout_seconds: float = Field(default=15.0, ge=0)  # 0: no limit
     redis_url: str = "redis://127.0.0.1:6379/0"
 
     jwt_secret: SecretStr | None = SecretStr(DEV_JWT_SECRET)
@@ -71,6 +73,32 @@ class HeraldSettings(BaseSettings):
     router_url: str = "http://127.0.0.1:8102"  # services that change preferences call the router's API here
 
     concurrency: int = Field(default=64, ge=1)
+
+    # Delivery (senders): docs/reliability.md
+    retry_window_seconds: float = Field(default=1800.0, gt=0)  # how long a normal notification is retried, from when it was routed
+    retry_window_critical_seconds: float = Field(default=7200.0, gt=0)  # the same for critical notifications
+    retry_tiers: CommaList = ["10", "60", "600", "3600"]  # delay topics retry.<ch>[.critical].<N>s, by the wait they hold
+    unexpected_error_attempts: int = Field(default=3, ge=1)  # an unexpected exception this many times in a row: dlq, not the whole window
+    delivery_lease_seconds: float = Field(default=60.0, gt=0)  # a claimed delivery whose process vanished is tried again after this
+    ledger_write_patience_seconds: float = Field(default=900.0, ge=0)  # how long an accepted send's ledger write is retried
+    outage_backoff_max_seconds: float = Field(default=30.0, gt=0)  # longest pause between tries while PostgreSQL or Redis is down
+    drain_timeout_seconds: float = Field(default=30.0, ge=0)  # on SIGTERM, how long in-flight messages may take to finish
+
+    @field_validator("retry_tiers", mode="before")
+    @classmethod
+    def _split_tiers(cls, value: object) -> object:
+        return split_commas(value)
+
+    @field_validator("retry_tiers")
+    @classmethod
+    def _check_tiers(cls, value: list[str]) -> list[str]:
+        if not value or not all(v.isdigit() and int(v) > 0 for v in value):
+            raise ValueError("HERALD_RETRY_TIERS must be whole seconds above 0, comma-separated (for example 10,60,600,3600)")
+        return [str(n) for n in sorted({int(v) for v in value})]
+
+    @property
+    def retry_tiers_seconds(self) -> list[int]:
+        return [int(v) for v in self.retry_tiers]
 
     @field_validator("frontend_url", "public_url", "router_url")
     @classmethod
@@ -106,8 +134,14 @@ class HeraldSettings(BaseSettings):
     def notify_topic(self, channel: str, *, critical: bool = False) -> str:
         return f"{self.kafka_topic_namespace}{self.topic_notify_prefix}{channel}{self.topic_critical_suffix if critical else ''}"
 
-    def retry_topic(self, channel: str) -> str:
-        return f"{self.kafka_topic_namespace}{self.topic_retry_prefix}{channel}"
+    def retry_topic(self, channel: str, *, critical: bool = False, tier: int) -> str:
+        """The delay topic holding ``channel``'s retries of one lane that wait about ``tier`` seconds."""
+        lane = self.topic_critical_suffix if critical else ""
+        return f"{self.kafka_topic_namespace}{self.topic_retry_prefix}{channel}{lane}.{tier}s"
+
+    def retry_topics(self, channel: str) -> list[str]:
+        """Every delay topic of ``channel``, both lanes."""
+        return [self.retry_topic(channel, critical=c, tier=t) for c in (False, True) for t in self.retry_tiers_seconds]
 
     def domain_topic(self, event_type: str) -> str:
         """``domain.<area>`` for an event type ``<area>.<name>``."""

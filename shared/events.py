@@ -11,7 +11,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ._models import unstorable
 
 UserId = Annotated[str, Field(min_length=1, max_length=256, description="A user id of the host application")]
 Money = Annotated[int, Field(ge=0, description="Amount in the currency's minor unit (cents)")]
@@ -20,6 +22,15 @@ Currency = Annotated[str, Field(min_length=3, max_length=3, pattern="^[A-Za-z]{3
 
 class EventData(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        """No field, known or extra, may hold text that cannot be stored (NUL, a lone surrogate, over-long)."""
+        problem = unstorable(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 def _example(**values: Any) -> ConfigDict:

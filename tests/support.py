@@ -189,8 +189,9 @@ async def produce(bootstrap: str, topic: str, value: bytes | dict[str, Any], *, 
 class TopicReader:
     """Reads a topic from the beginning, accumulating what it has seen."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    def __init__(self, bootstrap: str, topic: str | list[str]) -> None:
+        topics = [topic] if isinstance(topic, str) else topic
+        self.consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
         self.records: list[ConsumerRecord] = []
 
     async def __aenter__(self) -> TopicReader:

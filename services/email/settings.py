@@ -17,9 +17,9 @@ class Settings(HeraldSettings):
     email_from_name: str = "Herald"  # HERALD_EMAIL_FROM_NAME: the sender's display name
     email_reply_to: str | None = None
     email_brand: str = "Herald"  # the name in the layout's header and footer
-    email_max_attempts: int = Field(default=5, ge=1)
+    email_max_attempts: int = Field(default=0, ge=0)  # 0: retried until HERALD_RETRY_WINDOW[_CRITICAL]_SECONDS closes
     email_retry_base_seconds: float = Field(default=2.0, gt=0)
-    email_retry_cap_seconds: float = Field(default=300.0, gt=0)
+    email_retry_cap_seconds: float = Field(default=600.0, gt=0)  # longest backoff (a provider's Retry-After may ask for more)
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 2525

@@ -47,7 +47,7 @@ async def store_notification(dispatch: Dispatch, res: Resources, *, templates: M
                 created_at=dispatch.created_at,
             )
             unread = await repo.unread_count(conn=conn, user_id=user_id)
-    except (asyncpg.PostgresConnectionStatusError, asyncpg.InterfaceError, OSError) as exc:
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
         raise TransientError("database_unavailable", str(exc)) from None
     if created:
         res.metrics.inbox_operations.labels("stored").inc()

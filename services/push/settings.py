@@ -25,9 +25,9 @@ class Settings(HeraldSettings):
     push_timeout_seconds: float = Field(default=10.0, gt=0)
     push_resolve_timeout_seconds: float = Field(default=3.0, gt=0)
     push_max_subscriptions_per_user: Annotated[int, Field(ge=1)] = 20
-    push_max_attempts: Annotated[int, Field(ge=1)] = 5
+    push_max_attempts: Annotated[int, Field(ge=0)] = 0  # 0: retried until the retry window closes
     push_retry_base_seconds: float = Field(default=2.0, gt=0)
-    push_retry_cap_seconds: float = Field(default=120.0, gt=0)  # the retry consumer waits in-process: stay well under max.poll.interval
+    push_retry_cap_seconds: float = Field(default=600.0, gt=0)  # longest backoff (a Retry-After may ask for more)
 
     @field_validator("push_allowed_hosts", "push_dev_hosts", mode="before")
     @classmethod

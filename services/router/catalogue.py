@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import yaml
@@ -29,6 +30,8 @@ class Notification(BaseModel):
     recipients: str = Field(min_length=1)
     broadcast: bool = False
     url: str | None = None
+    expires_after: timedelta | None = Field(default=None, gt=timedelta(0))  # pointless this long after it is routed (ISO 8601 or seconds)
+    expires_at: str | None = None  # the field of `data` whose time ends it (a lesson reminder, at the lesson's start)
 
     @model_validator(mode="after")
     def _security_is_critical(self) -> Notification:
@@ -75,4 +78,8 @@ def load_catalogue(path: Path = DEFAULT_PATH) -> Catalogue:
                 for e in exc.errors()
             )
             raise CatalogueError(f"{path}: entry {event_type!r} is invalid: {problems}") from None
+        fields = EVENT_MODELS[event_type].model_fields
+        for n in entries[event_type]:
+            if n.expires_at is not None and (n.expires_at not in fields or "datetime" not in str(fields[n.expires_at].annotation)):
+                raise CatalogueError(f"{path}: entry {event_type!r}: expires_at {n.expires_at!r} is not a time field of its data")
     return Catalogue(entries=entries)

@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -203,8 +203,22 @@ def decide(
         created_at=now or utcnow(),
         attempt=1,
         not_before=None,
+        expires_at=expiry(notification, data, now or utcnow()),
     )
     return Decision(notification, contact.user_id, channel, dispatch, "routed")
+
+
+def expiry(notification: Notification, data: dict[str, Any], now: datetime) -> datetime | None:
+    """When ``notification`` becomes pointless: ``expires_after`` from now, or the time in its ``expires_at`` field, whichever is sooner."""
+    ends: list[datetime] = []
+    if notification.expires_after is not None:
+        ends.append(now + notification.expires_after)
+    if notification.expires_at is not None:
+        value = data.get(notification.expires_at)
+        when = value if isinstance(value, datetime) else datetime.fromisoformat(value) if isinstance(value, str) else None
+        if when is not None:
+            ends.append(when if when.tzinfo is not None else when.replace(tzinfo=UTC))
+    return min(ends) if ends else None
 
 
 def route(

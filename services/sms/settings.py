@@ -25,9 +25,9 @@ class Settings(HeraldSettings):
     twilio_status_callbacks: bool = True  # ask for delivery receipts at HERALD_PUBLIC_URL/v1/webhooks/twilio/status
 
     # retries (through retry.sms, then dlq)
-    sms_max_attempts: int = Field(default=5, ge=1)
+    sms_max_attempts: int = Field(default=0, ge=0)  # 0: retried until the retry window closes
     sms_retry_base_seconds: float = Field(default=1.0, gt=0)
-    sms_retry_cap_seconds: float = Field(default=120.0, gt=0)
+    sms_retry_cap_seconds: float = Field(default=600.0, gt=0)
 
     # destinations and bodies
     sms_allowed_countries: CommaList = Field(

@@ -75,9 +75,15 @@ def test_events_are_checked_for_envelope_area_and_data():
         (event(type="rocket.launched"), "rocket"),
         (event(data={**BOOKING, "student_id": ""}), "data.student_id"),
         ("text", "JSON object"),
+        (event(data={**BOOKING, "title": "Piano\x00"}), "title: contains a NUL character"),
+        (event(data={**BOOKING, "note": "\ud800"}), "note: contains a lone surrogate"),
+        (event(data={**BOOKING, "title": "x" * 70_000}), "title: text longer than 65536"),
+        (event(subject="b\x00"), "subject: contains a NUL character"),
+        (event(type="rocket.launched", data={"x": "\x00"}), "rocket"),  # an unknown area is refused first
     ):
-        with pytest.raises(Refusal, match=fragment):
+        with pytest.raises(Refusal, match=fragment) as refused:
             logic.check_event(raw, areas=AREAS)
+        assert refused.value.status == 422
     assert logic.check_event(event(type="rocket.launched", data=1), areas=logic.known_areas(["rocket"])).area == "rocket"
 
 

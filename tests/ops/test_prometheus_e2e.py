@@ -64,15 +64,15 @@ def test_consumer_lag_of_each_group_reaches_prometheus_rises_and_drains(platform
     assert {r["metric"]["topic"] for r in partitions} == {settings.notify_topic("inapp")}
     assert len(partitions) == settings.kafka_partitions
 
-    # A retry not due for a while holds its batch, so its offset stays uncommitted until then.
+    # A retry not due for a while pauses its partition, so its offset stays uncommitted until then.
     user = f"u-{uuid.uuid4().hex[:8]}"
     held = Dispatch(
         notification_id=uuid.uuid4(), event_id=uuid.uuid4().hex, event_source="tests", event_type="auth.password_changed",
         category=Category.security, critical=True, channel=Channel.inapp, recipient=Recipient(user_id=user),
         template="password_changed", data={"user_id": user}, attempt=2, not_before=datetime.now(UTC) + timedelta(seconds=12),
     )
-    asyncio.run(produce(settings.kafka_bootstrap, settings.retry_topic("inapp"), held.model_dump_json().encode(), key=user.encode()))
-    retry_lag = f'sum(max by (group, topic, partition) (herald_consumer_lag{{group="{settings.group_id("inapp-retry")}"}}))'
+    asyncio.run(produce(settings.kafka_bootstrap, settings.retry_topic("inapp", critical=True, tier=10), held.model_dump_json().encode(), key=user.encode()))
+    retry_lag = f'sum(max by (group, topic, partition) (herald_consumer_lag{{group="{settings.group_id("inapp-retry-critical")}"}}))'
     wait_for(lambda: platform.query(f"{retry_lag} == 1"), what="the retry group's lag to rise to 1")
     wait_for(lambda: platform.query(f"{retry_lag} == 0"), what="the retry group's lag to drain once the retry is done")
     assert platform.query(f'max_over_time(({retry_lag})[2m:1s]) == 1')

@@ -1,6 +1,6 @@
 """The pure routing decision over the whole catalogue, and the directory and preference rules."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -262,3 +262,27 @@ def test_every_dispatch_of_an_event_is_stamped_with_the_time_it_was_routed_at():
     decisions = logic.route(event, data, notifications, recipients, profiles, frontend_url=FRONTEND, now=then)
     stamped = {d.dispatch.created_at for d in decisions if d.dispatch is not None}
     assert stamped == {then}
+
+
+def test_a_lesson_reminder_expires_when_the_lesson_starts_and_a_promotion_two_days_after_routing():
+    then = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
+    reminder = example_event("lesson.reminder", starts_at="2031-05-06T15:00:00Z")
+    data = logic.validate_data(reminder)
+    [student, instructor] = CATALOGUE.get("lesson.reminder")
+    decisions = logic.route(reminder, data, [student, instructor], {n: logic.recipients_of(n, data) for n in (student, instructor)},
+                            {}, frontend_url=FRONTEND, now=then)
+    assert {d.dispatch.expires_at for d in decisions if d.dispatch} == {datetime(2031, 5, 6, 15, 0, tzinfo=UTC)}
+    [promotion] = CATALOGUE.get("marketing.promotion")
+    assert logic.expiry(promotion, {}, then) == then + timedelta(days=2)
+    [welcome] = CATALOGUE.get("user.created")
+    assert logic.expiry(welcome, {}, then) is None
+    # the sooner of the two when both are given
+    both = student.model_copy(update={"expires_after": timedelta(hours=1)})
+    assert logic.expiry(both, {"starts_at": "2031-05-06T15:00:00Z"}, then) == then + timedelta(hours=1)
+
+
+def test_the_catalogue_refuses_an_expiry_field_that_is_not_a_time(tmp_path):
+    path = tmp_path / "catalogue.yaml"
+    path.write_text("lesson.reminder:\n  - template: lesson_reminder\n    category: lesson_updates\n    channels: [email]\n    recipients: student_id\n    expires_at: title\n")
+    with pytest.raises(CatalogueError, match="expires_at 'title' is not a time field"):
+        load_catalogue(path)

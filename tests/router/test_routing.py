@@ -51,6 +51,9 @@ async def test_bad_input_is_dead_lettered_with_the_reason_and_routing_goes_on(ro
         (json.dumps(_event("user.created", {"user_id": "u_9", "email": "a@example.com", "phone_verified_at": "not a time"})).encode(), "invalid_data"),
         (json.dumps(_event("review.received", {"review_id": "r", "instructor_id": "u\u0000x", "reviewer_id": "x", "reviewer_name": "X", "rating": 5})).encode(), "invalid_data"),
         (json.dumps({**_event("payout.paid", {}), "id": "e\u0000"}).encode(), "not_cloudevent"),
+        # text no sender could store: refused here, before any sender sees it
+        (json.dumps(_event("message.received", {"message_id": "m", "conversation_id": "c", "sender_id": "s", "sender_name": "S", "recipient_id": user, "preview": "a\u0000b"})).encode(), "invalid_data"),
+        (json.dumps(_event("message.received", {"message_id": "m", "conversation_id": "c", "sender_id": "s", "sender_name": "S", "recipient_id": user, "preview": "x" * 70_000})).encode(), "invalid_data"),
     ]
     for value, _ in bad:
         await router.send("booking.created", value)
@@ -62,11 +65,13 @@ async def test_bad_input_is_dead_lettered_with_the_reason_and_routing_goes_on(ro
     assert [(r.value, dict(r.headers)["herald-reason"].decode()) for r in dead] == bad
     assert b"admin_ids" in dict(dead[3].headers)["herald-error"] and b"admin_ids.1" in dict(dead[4].headers)["herald-error"]
     assert b"recipient_id" in dict(dead[5].headers)["herald-error"]
+    assert b"preview: contains a NUL character" in dict(dead[10].headers)["herald-error"]
+    assert b"preview: text longer than 65536 characters" in dict(dead[11].headers)["herald-error"]
     [traced] = await router.trace(json.loads(bad[2][0])["id"])
     assert (traced["decision"], traced["reason"], traced["user_id"]) == ("dead_lettered", "invalid_data", None)
     metrics = (await router.client.get("/metrics/")).text
     assert 'herald_events_total{outcome="skipped",type="unknown"} 1.0' in metrics
-    assert 'herald_dead_lettered_total{reason="invalid_data",stage="router"} 7.0' in metrics
+    assert 'herald_dead_lettered_total{reason="invalid_data",stage="router"} 9.0' in metrics
 
 
 async def test_a_duplicate_event_yields_identical_notification_ids_and_one_trace(router):

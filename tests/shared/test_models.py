@@ -62,11 +62,12 @@ def test_masking_hides_addresses():
     assert masked.startswith("+1415") and masked.endswith("00") and "555" not in masked
 
 
-def test_retry_delay_grows_exponentially_is_capped_and_honours_retry_after():
+def test_retry_delay_grows_exponentially_with_full_jitter_and_honours_retry_after_in_full():
     import random
 
     rng = random.Random(1)
-    delays = [retry_delay(n, base=1, cap=30, rng=rng) for n in range(1, 8)]
-    assert 0.5 <= delays[0] <= 1 and 8 <= delays[4] <= 16 and delays[6] <= 30
+    for attempt, ceiling in ((1, 1), (5, 16), (7, 30), (40, 30)):  # full jitter: anywhere in [0, min(cap, base * 2**(n-1))]
+        delays = [retry_delay(attempt, base=1, cap=30, rng=rng) for _ in range(500)]
+        assert 0 <= min(delays) < ceiling * 0.1 and ceiling * 0.9 < max(delays) <= ceiling
     assert retry_delay(1, base=1, cap=30, retry_after=20, rng=rng) >= 20
-    assert retry_delay(1, base=1, cap=30, retry_after=1000, rng=rng) <= 30
+    assert retry_delay(1, base=1, cap=30, retry_after=1000, rng=rng) == 1000  # a provider's Retry-After is not cut to the cap

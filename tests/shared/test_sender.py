@@ -2,6 +2,7 @@
 
 import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -39,9 +40,25 @@ class ScriptedProvider:
 async def ledger_schema(db):
     schema = f"s{uuid.uuid4().hex[:8]}"
     ddl = (open("services/inapp/migrations/001_inapp.sql").read().split("CREATE TABLE inapp.ledger")[1]).replace("inapp.", f"{schema}.")
-    await db.execute(f"CREATE SCHEMA {schema}; CREATE TABLE {schema}.ledger {ddl}")
+    expired = open("services/inapp/migrations/003_inapp_ledger_expired.sql").read().replace("inapp.", f"{schema}.")
+    await db.execute(f"CREATE SCHEMA {schema}; CREATE TABLE {schema}.ledger {ddl}; {expired}")
     yield schema
     await db.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+class GatedProvider:
+    """Holds every send until ``gate`` is set; records when each call started and ended."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.started: list[uuid.UUID] = []
+        self.finished: list[uuid.UUID] = []
+
+    async def __call__(self, dispatch: Dispatch, res) -> str:
+        self.started.append(dispatch.notification_id)
+        await self.gate.wait()
+        self.finished.append(dispatch.notification_id)
+        return f"msg-{len(self.finished)}"
 
 
 def dispatch(**overrides) -> Dispatch:
@@ -55,11 +72,11 @@ def dispatch(**overrides) -> Dispatch:
 
 @pytest.fixture
 def sender(infra, namespace, ledger_schema):
-    async def start(provider: ScriptedProvider, **pipeline_options):
-        settings = settings_for(HeraldSettings, infra, namespace, service_name="test-sender")
+    async def start(provider, *, ledger: Ledger | None = None, settings_overrides: dict | None = None, hooks=(), **pipeline_options):
+        settings = settings_for(HeraldSettings, infra, namespace, service_name="test-sender", **(settings_overrides or {}))
         await make_topics(settings)
-        pipeline = SenderPipeline(settings, Channel.inapp, provider, ledger=Ledger(ledger_schema), **pipeline_options)
-        app = create_service(settings, title="test sender", kafka_routers=pipeline.routers())
+        pipeline = SenderPipeline(settings, Channel.inapp, provider, ledger=ledger or Ledger(ledger_schema), **pipeline_options)
+        app = create_service(settings, title="test sender", kafka_routers=pipeline.routers(), hooks=hooks)
         return settings, running(app)
 
     return start
@@ -80,7 +97,7 @@ async def test_a_dispatch_consumed_twice_is_delivered_once(infra, sender, db, le
             await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=b"u1")
         found = await statuses(infra, settings, 2)
     assert provider.calls == [d.notification_id]
-    assert sorted(s["status"] for s in found) == ["duplicate", "sent"]
+    assert sorted((s["status"], s["replayed"]) for s in found) == [("sent", False), ("sent", True)]  # the second copy repeats the outcome
     row = await db.fetchrow(f"SELECT status, attempts, provider_message_id FROM {ledger_schema}.ledger WHERE notification_id = $1", d.notification_id)
     assert (row["status"], row["attempts"], row["provider_message_id"]) == ("sent", 1, "msg-1")
 
@@ -92,7 +109,7 @@ async def test_transient_failures_are_retried_through_the_retry_topic_until_sent
     async with app:
         await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode())
         found = await statuses(infra, settings, 3)
-        async with TopicReader(infra.kafka_bootstrap, settings.retry_topic("inapp")) as retries:
+        async with TopicReader(infra.kafka_bootstrap, settings.retry_topics("inapp")) as retries:
             assert [r["attempt"] for r in (await retries.wait_for(2)) and retries.json()] == [2, 3]
     assert [s["status"] for s in found] == ["retrying", "retrying", "sent"]
     assert len(provider.calls) == 3
@@ -158,3 +175,299 @@ async def test_a_delivery_claimed_by_a_process_that_died_is_sent_after_its_lease
     assert found[0]["status"] == "sent"
     assert provider.calls == [d.notification_id]
     assert await db.fetchval(f"SELECT attempts FROM {ledger_schema}.ledger WHERE notification_id = $1", d.notification_id) == 2
+
+
+# Every record gets one decided outcome --------------------------------------------------------
+
+
+class PoisonProvider(ScriptedProvider):
+    """Raises an unexpected exception for the dispatches it is told are poison, accepts the others."""
+
+    def __init__(self, poison: set[uuid.UUID]) -> None:
+        super().__init__()
+        self.poison = poison
+
+    async def __call__(self, dispatch: Dispatch, res) -> str:
+        self.calls.append(dispatch.notification_id)
+        if dispatch.notification_id in self.poison:
+            raise RuntimeError(f"cannot handle the text for ada@example.com, call +14155550100 ({dispatch.notification_id})")
+        return f"msg-{len(self.calls)}"
+
+
+async def test_an_unexpected_error_is_an_attempt_of_its_own_record_and_ends_in_dlq_with_its_reason(infra, sender, db, ledger_schema):
+    poison = dispatch()
+    good = [dispatch() for _ in range(5)]
+    provider = PoisonProvider({poison.notification_id})
+    settings, app = await sender(provider, max_attempts=2, retry_base_seconds=0.05, retry_cap_seconds=0.1)
+    async with app:
+        for d in [good[0], good[1], poison, *good[2:]]:  # one partition (one key): the poison sits inside the batch
+            await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=b"u1")
+        async with TopicReader(infra.kafka_bootstrap, settings.dlq_topic) as dlq:
+            [dead] = await dlq.wait_for(1)
+        found = await statuses(infra, settings, 5 + 2)
+    # The good ones were sent once each, beside it; the poison was tried twice (two attempts) and no more.
+    assert sorted(str(c) for c in provider.calls if c != poison.notification_id) == sorted(str(d.notification_id) for d in good)
+    assert provider.calls.count(poison.notification_id) == 2
+    by_id = {}
+    for status in found:
+        by_id.setdefault(status["notification_id"], []).append(status["status"])
+    assert by_id[str(poison.notification_id)] == ["retrying", "dead_lettered"]
+    assert all(by_id[str(d.notification_id)] == ["sent"] for d in good)
+    headers = {k: v.decode() for k, v in dead.headers}
+    assert headers["herald-reason"] == "retries_exhausted"
+    assert "unexpected_error: RuntimeError" in headers["herald-error"] and "test_sender.py" in headers["herald-error"]
+    assert "ada@example.com" not in headers["herald-error"] and "+14155550100" not in headers["herald-error"]  # masked
+    row = await db.fetchrow(f"SELECT status, attempts FROM {ledger_schema}.ledger WHERE notification_id = $1", poison.notification_id)
+    assert (row["status"], row["attempts"]) == ("dead_lettered", 2)
+
+
+async def test_a_second_copy_waits_for_the_first_copys_outcome_and_repeats_it(infra, sender, db, ledger_schema):
+    provider = GatedProvider()
+    settings, app = await sender(provider)
+    d = dispatch()
+    async with app:
+        async with TopicReader(infra.kafka_bootstrap, settings.status_topic) as reader:
+            for _ in range(2):
+                await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=b"u1")
+            await eventually(lambda: asyncio.sleep(0, result=provider.started == [d.notification_id]), what="the first copy at the provider")
+            await asyncio.sleep(1.0)  # the second copy has been read by now (same batch or the next)
+            assert await reader.poll() == []  # neither copy answered before the outcome was recorded
+            provider.gate.set()
+            await reader.wait_for(2)
+            found = reader.json()
+    assert provider.started == [d.notification_id]
+    assert [(s["status"], s["replayed"]) for s in found] == [("sent", False), ("sent", True)]
+    assert await db.fetchval(f"SELECT status FROM {ledger_schema}.ledger WHERE notification_id = $1", d.notification_id) == "sent"
+
+
+async def test_a_redelivered_copy_of_a_finished_notification_republishes_its_recorded_outcome(infra, sender, db, ledger_schema):
+    provider = ScriptedProvider()
+    settings, app = await sender(provider)
+    d = dispatch()
+    # Sent before, but its status never reached notify.status (the process died between the two).
+    await db.execute(
+        f"INSERT INTO {ledger_schema}.ledger (notification_id, event_id, event_type, user_id, status, provider_message_id, sent_at) "
+        "VALUES ($1, 'e1', 'booking.created', 'u1', 'sent', 'msg-earlier', now())",
+        d.notification_id,
+    )
+    async with app:
+        await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=b"u1")
+        [status] = await statuses(infra, settings, 1)
+    assert provider.calls == []
+    assert (status["status"], status["provider_message_id"], status["replayed"]) == ("sent", "msg-earlier", True)
+
+
+# Retries over a time window, through delay topics --------------------------------------------
+
+
+async def test_retries_go_on_until_the_window_closes_then_to_dlq(infra, sender, db, ledger_schema):
+    provider = ScriptedProvider(*[TransientError("http_503")] * 1000)
+    settings, app = await sender(provider, retry_base_seconds=0.05, retry_cap_seconds=0.2, settings_overrides={"retry_window_seconds": 2.0})
+    async with app:
+        d = dispatch()  # routed now: its window starts here
+        await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode())
+        async with TopicReader(infra.kafka_bootstrap, settings.dlq_topic) as dlq:
+            [dead] = await dlq.wait_for(1, timeout=30)
+    assert len(provider.calls) >= 3  # several attempts, not a fixed count: the window decides
+    assert dict(dead.headers)["herald-reason"] == b"retries_exhausted"
+    row = await db.fetchrow(f"SELECT status, attempts FROM {ledger_schema}.ledger WHERE notification_id = $1", d.notification_id)
+    assert (row["status"], row["attempts"]) == ("dead_lettered", len(provider.calls))
+
+
+async def test_retry_after_is_honoured_in_full_and_a_critical_retry_has_its_own_lane(infra, sender):
+    provider = ScriptedProvider(TransientError("http_429", retry_after=75.0))
+    settings, app = await sender(provider, retry_base_seconds=0.05, retry_cap_seconds=0.2)
+    d = dispatch(critical=True, category="security")
+    async with app:
+        await produce(infra.kafka_bootstrap, settings.notify_topic("inapp", critical=True), d.model_dump_json().encode())
+        async with TopicReader(infra.kafka_bootstrap, settings.retry_topics("inapp")) as retries:
+            [held] = await retries.wait_for(1)
+    waiting = Dispatch.model_validate_json(held.value)
+    assert held.topic == settings.retry_topic("inapp", critical=True, tier=60)  # 75 s waits in the 60 s tier of the critical lane
+    assert 74 <= (waiting.not_before - waiting.created_at).total_seconds() <= 90  # not cut to the 0.2 s backoff cap
+    assert float(dict(held.headers)["herald-not-before"]) == pytest.approx(waiting.not_before.timestamp(), abs=0.01)
+
+
+async def test_a_retry_not_yet_due_pauses_its_partition_instead_of_blocking_the_lane(infra, sender):
+    provider = ScriptedProvider()
+    settings, app = await sender(provider)
+    later, now = dispatch(), dispatch()
+    later = later.model_copy(update={"not_before": datetime.now(UTC) + timedelta(seconds=3), "attempt": 2})
+    now = now.model_copy(update={"not_before": datetime.now(UTC), "attempt": 2})
+    topic = settings.retry_topic("inapp", tier=10)
+    async with app:
+        await produce(infra.kafka_bootstrap, topic, later.model_dump_json().encode(), key=b"a")
+        await produce(infra.kafka_bootstrap, topic, now.model_dump_json().encode(), key=b"b")
+        await eventually(lambda: asyncio.sleep(0, result=now.notification_id in provider.calls), what="the due retry sent")
+        sent_due_at = datetime.now(UTC)
+        await eventually(lambda: asyncio.sleep(0, result=later.notification_id in provider.calls), what="the held retry sent once due", timeout=30)
+        sent_later_at = datetime.now(UTC)
+    assert sent_later_at >= later.not_before
+    if provider.calls.index(now.notification_id) == 0:
+        assert sent_due_at < later.not_before  # whatever partition each took, the due one did not wait for the held one
+
+
+def test_hold_back_passes_due_records_and_pauses_each_partition_at_its_first_record_not_due():
+    from aiokafka import ConsumerRecord, TopicPartition
+
+    settings = HeraldSettings(environment="test")
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    pipeline = SenderPipeline(settings, Channel.inapp, ScriptedProvider(), ledger=Ledger("x"), clock=lambda: now)
+
+    def record(partition: int, offset: int, due_in: float) -> ConsumerRecord:
+        at = f"{(now + timedelta(seconds=due_in)).timestamp():.3f}".encode()
+        return ConsumerRecord("retry.inapp.10s", partition, offset, 0, 0, None, b"{}", None, 0, 0, [("herald-not-before", at)])
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.seeks, self.paused = {}, set()
+
+        def seek(self, tp, offset):
+            self.seeks[tp] = offset
+
+        def pause(self, *tps):
+            self.paused.update(tps)
+
+        def resume(self, *tps):
+            self.paused.difference_update(tps)
+
+    consumer = Consumer()
+
+    async def scenario():
+        records = [record(0, 5, -1), record(0, 6, 30), record(0, 7, -1), record(1, 9, -5), record(2, 3, 0.05)]
+        due = pipeline.hold_back(records, consumer)
+        assert [(r.partition, r.offset) for r in due] == [(0, 5), (1, 9)]  # offset 7 waits behind 6: order is kept
+        assert consumer.seeks == {TopicPartition("retry.inapp.10s", 0): 6, TopicPartition("retry.inapp.10s", 2): 3}
+        assert consumer.paused == set(consumer.seeks)
+        await asyncio.sleep(0.2)  # partition 2's record falls due: resumed; partition 0's is 30 s away
+        assert consumer.paused == {TopicPartition("retry.inapp.10s", 0)}
+        for handle in pipeline._resume_handles.values():
+            handle.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_backoff_is_exponential_with_full_jitter_and_the_tier_fits_the_wait():
+    import random
+
+    from shared._sender import delay_tier, retry_delay
+
+    rng = random.Random(7)
+    delays = [retry_delay(5, base=1.0, cap=600.0, rng=rng) for _ in range(2000)]
+    assert 0 <= min(delays) < 1.0 and 15.0 < max(delays) <= 16.0  # uniform over [0, base * 2**4]
+    assert max(retry_delay(30, base=1.0, cap=600.0, rng=rng) for _ in range(200)) <= 600.0
+    assert retry_delay(1, base=1.0, cap=2.0, retry_after=3600.0) == 3600.0
+    assert [delay_tier(d, [10, 60, 600, 3600]) for d in (0.5, 10, 59, 60, 700, 9000)] == [10, 10, 10, 60, 600, 3600]
+
+
+# Never resend what a provider accepted; outages are waited out ------------------------------------
+
+
+class FlakyLedger(Ledger):
+    """The real ledger, but the first writes of chosen kinds fail as if PostgreSQL had gone away."""
+
+    def __init__(self, schema: str, *, claims: int = 0, finishes: int = 0) -> None:
+        super().__init__(schema)
+        self.claim_failures, self.finish_failures = claims, finishes
+
+    async def claim(self, **kwargs):
+        if self.claim_failures:
+            self.claim_failures -= 1
+            raise ConnectionResetError("connection to PostgreSQL lost")
+        return await super().claim(**kwargs)
+
+    async def finish(self, **kwargs):
+        if self.finish_failures:
+            self.finish_failures -= 1
+            raise ConnectionResetError("connection to PostgreSQL lost")
+        return await super().finish(**kwargs)
+
+
+async def test_an_accepted_send_is_recorded_through_a_database_outage_and_never_sent_again(infra, sender, db, ledger_schema):
+    provider = ScriptedProvider()
+    ledger = FlakyLedger(ledger_schema, finishes=4)
+    settings, app = await sender(provider, ledger=ledger)
+    d = dispatch()
+    async with app:
+        await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=b"u1")
+        [status] = await statuses(infra, settings, 1)
+        await asyncio.sleep(1.0)
+    assert provider.calls == [d.notification_id]
+    assert ledger.finish_failures == 0 and status["status"] == "sent"
+    assert await db.fetchval(f"SELECT status FROM {ledger_schema}.ledger WHERE notification_id = $1", d.notification_id) == "sent"
+
+
+async def test_an_outage_at_the_claim_is_waited_out_charges_no_attempt_and_shows_in_readiness(infra, sender, db, ledger_schema):
+    provider = ScriptedProvider()
+    ledger = FlakyLedger(ledger_schema, claims=3)
+    settings, app = await sender(provider, ledger=ledger, settings_overrides={"outage_backoff_max_seconds": 2.0})
+    d = dispatch()
+    async with app as client:
+        await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=b"u1")
+
+        async def not_ready():
+            answer = await client.get("/readyz")
+            return answer if answer.status_code == 503 else None
+
+        during = await eventually(not_ready, what="readiness to report the outage")
+        [status] = await statuses(infra, settings, 1)
+        after = await eventually(lambda: _ready(client), what="readiness back once the outage is over")
+    assert "ConnectionResetError" in during.json()["checks"]["inapp-delivery"]
+    assert after.json()["status"] == "ready"
+    assert status["status"] == "sent" and provider.calls == [d.notification_id]
+    assert await db.fetchval(f"SELECT attempts FROM {ledger_schema}.ledger WHERE notification_id = $1", d.notification_id) == 1
+
+
+async def _ready(client):
+    answer = await client.get("/readyz")
+    return answer if answer.status_code == 200 else None
+
+
+# Expiry ---------------------------------------------------------------------------------------------
+
+
+async def test_a_dispatch_past_its_expiry_is_finished_as_expired_and_never_sent(infra, sender, db, ledger_schema):
+    provider = ScriptedProvider(TransientError("http_503", retry_after=30.0))
+    settings, app = await sender(provider)
+    stale = dispatch(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    soon = dispatch(expires_at=datetime.now(UTC) + timedelta(seconds=10))  # its retry would come after it expires
+    async with app:
+        for d in (stale, soon):
+            await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=b"u1")
+        found = {s["notification_id"]: s for s in await statuses(infra, settings, 2)}
+    assert provider.calls == [soon.notification_id]
+    assert (found[str(stale.notification_id)]["status"], found[str(stale.notification_id)]["reason"]) == ("expired", "expired")
+    assert found[str(soon.notification_id)]["status"] == "expired"
+    rows = await db.fetch(f"SELECT status FROM {ledger_schema}.ledger WHERE notification_id = ANY($1::uuid[])", [stale.notification_id, soon.notification_id])
+    assert [r["status"] for r in rows] == ["expired", "expired"]
+
+
+# Graceful shutdown ------------------------------------------------------------------------------------
+
+
+async def test_stopping_drains_the_sends_in_flight_before_the_providers_close(infra, sender, db, ledger_schema):
+    import contextlib
+
+    provider = GatedProvider()
+    closed_while_sending: list[bool] = []
+
+    @contextlib.asynccontextmanager
+    async def provider_hook(res):
+        res.extra["closed"] = False
+        yield
+        closed_while_sending.append(len(provider.finished) < len(provider.started))
+        res.extra["closed"] = True
+
+    settings, app = await sender(provider, hooks=[provider_hook])
+    batch = [dispatch() for _ in range(3)]
+    async with app:
+        for d in batch:
+            await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=b"u1")
+        await eventually(lambda: asyncio.sleep(0, result=len(provider.started) == 3), what="three sends in flight")
+        asyncio.get_running_loop().call_later(0.5, provider.gate.set)  # they finish while the app is stopping
+    assert closed_while_sending == [False]
+    assert sorted(provider.finished) == sorted(d.notification_id for d in batch)
+    rows = await db.fetch(f"SELECT status FROM {ledger_schema}.ledger WHERE notification_id = ANY($1::uuid[])", [d.notification_id for d in batch])
+    assert [r["status"] for r in rows] == ["sent"] * 3
+    found = await statuses(infra, settings, 3)
+    assert sorted(s["status"] for s in found) == ["sent"] * 3
