@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from shared import HeraldSettings, apply_migrations, create_topics, ensure_database, load_migrations
+from shared import Channel, HeraldSettings, apply_migrations, create_topics, ensure_database, load_migrations
 
 from . import infra
 from .stack import ROOT, SANDBOX, SERVICES, Stack, port_of
@@ -266,6 +266,36 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_channel(args: argparse.Namespace) -> int:
+    """Hold or resume a sender channel on every instance (Redis keys the senders read every few seconds)."""
+    import uuid
+
+    import redis
+
+    from shared._breaker import hold_key, resume_key
+
+    settings = HeraldSettings()
+    prefix = settings.control_prefix()
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        if args.action == "hold":
+            client.set(hold_key(prefix, args.channel), "1")
+            print(f"{args.channel}: held; its senders stop calling the provider within {settings.breaker_control_seconds:g}s (messages wait)")
+        elif args.action == "resume":
+            client.delete(hold_key(prefix, args.channel))
+            client.set(resume_key(prefix, args.channel), uuid.uuid4().hex)
+            print(f"{args.channel}: resumed; an open or misconfigured breaker closes, and waiting messages are delivered")
+        else:
+            held = client.exists(hold_key(prefix, args.channel))
+            print(f"{args.channel}: {'held by an operator' if held else 'not held'} (each instance's breaker: herald_channel_state in /metrics)")
+    except redis.RedisError as exc:
+        print(f"herald: cannot reach Redis at {settings.redis_url}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="herald", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -284,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--reason", help="only messages with this reason")
     replay.add_argument("--dry-run", action="store_true")
     replay.set_defaults(func=cmd_dlq_replay)
+    channel = sub.add_parser("channel", help="hold or resume a sender channel (its circuit breaker) on every instance")
+    channel.add_argument("action", choices=["hold", "resume", "status"])
+    channel.add_argument("channel", choices=[c.value for c in Channel])
+    channel.set_defaults(func=cmd_channel)
     token = sub.add_parser("token", help="mint a development JWT for a user id")
     token.add_argument("user")
     token.add_argument("--hours", type=float, default=12)

@@ -6,7 +6,8 @@ Only the names in ``__all__`` are public; the ``_``-prefixed modules are private
 from ._app import AppResources, KafkaResources, Resources, create_service
 from ._auth import ServiceName, UserId, current_service, current_user, decode_user_token
 from ._db import MigrationError, apply_migrations, create_pool, ensure_database, load_migrations
-from ._exceptions import HeraldError, InvalidMessage, PermanentError, Suppressed, TransientError, parse_retry_after
+from ._breaker import ChannelGate, GateState
+from ._exceptions import HeraldError, InvalidMessage, Misconfigured, PermanentError, Suppressed, TransientError, describe, is_outage, parse_retry_after
 from ._kafka import (
     Outgoing,
     all_topics,
@@ -17,7 +18,7 @@ from ._kafka import (
     publish_many,
     subscriber_options,
 )
-from ._logging import configure_logging, event_id_var, mask_email, mask_phone, notification_id_var
+from ._logging import configure_logging, event_id_var, mask_email, mask_phone, mask_text, notification_id_var
 from ._metrics import Metrics
 from ._models import (
     NOTIFICATION_NAMESPACE,
@@ -44,11 +45,13 @@ __all__ = [
     "Category",
     "Clock",
     "Channel",
+    "ChannelGate",
     "CloudEvent",
     "CommaList",
     "Deliver",
     "DeliveryState",
     "DeliveryStatus",
+    "GateState",
     "Grant",
     "Dispatch",
     "HeraldError",
@@ -60,6 +63,7 @@ __all__ = [
     "Metrics",
     "MessageTemplates",
     "MigrationError",
+    "Misconfigured",
     "Outgoing",
     "PermanentError",
     "RateLimiter",
@@ -88,6 +92,7 @@ __all__ = [
     "local_times",
     "make_broker",
     "mask_email",
+    "mask_text",
     "mask_phone",
     "notification_id",
     "notification_id_var",
@@ -96,5 +101,7 @@ __all__ = [
     "retry_delay",
     "split_commas",
     "subscriber_options",
+    "describe",
+    "is_outage",
     "utcnow",
 ]

@@ -1,7 +1,8 @@
 """What can go wrong with one message, and what happens next.
 
     HeraldError
-     ├── TransientError   retried through retry.<channel> with backoff
+     ├── TransientError   retried through the delay topics with backoff, over a time window
+     │    └── Misconfigured  Herald's own credentials or relay refused: the channel pauses, the message waits
      ├── PermanentError   not retried: recorded as failed
      ├── Suppressed       not sent on purpose (preference, cap, no address): recorded
      └── InvalidMessage   not a valid message at all: written to dlq with the reason
@@ -28,6 +29,14 @@ class TransientError(HeraldError):
     def __init__(self, reason: str, detail: str = "", *, retry_after: float | None = None) -> None:
         super().__init__(reason, detail)
         self.retry_after = retry_after
+
+
+class Misconfigured(TransientError):
+    """The provider refused Herald's own configuration (credentials, relay, sender): not the recipient's failure.
+
+    The channel pauses (its circuit breaker shows ``misconfigured``) and the dispatch waits, its
+    retry window started afresh, until a probe gets through once the configuration is fixed.
+    """
 
 
 class PermanentError(HeraldError):

@@ -79,6 +79,18 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.channel_state = Gauge(
+            "herald_channel_state",
+            "1 for the state each sender channel's circuit breaker is in (closed, open, half_open, misconfigured, held)",
+            ["channel", "state"],
+            registry=registry,
+        )
+        self.breaker_transitions = Counter(
+            "herald_breaker_transitions_total",
+            "Circuit breaker changes, by channel and the state entered",
+            ["channel", "state"],
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "herald_consumer_lag",
             "Messages not yet consumed, by consumer group, topic and partition",

@@ -42,7 +42,8 @@ from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 
 from ._app import KafkaResources, Resources
-from ._exceptions import PermanentError, Suppressed, TransientError, describe, is_outage
+from ._breaker import ChannelGate, GateState, hold_key, resume_key
+from ._exceptions import Misconfigured, PermanentError, Suppressed, TransientError, describe, is_outage
 from ._kafka import Outgoing, dead_letter, header, publish_many, subscriber_options
 from ._logging import event_id_var, notification_id_var
 from ._models import Channel, DeliveryState, DeliveryStatus, Dispatch, utcnow
@@ -55,6 +56,8 @@ Clock = Callable[[], datetime]
 
 #: Ledger states after which a notification is finished: nothing more is done with it.
 FINAL_STATES = frozenset({"sent", "delivered", "failed", "suppressed", "expired"})
+#: Transient reasons that say nothing about the provider's health (Herald's own throttle, a dependency).
+NOT_PROVIDER_FAILURES = frozenset({"provider_throttled", "dependency_unavailable", "database_unavailable", "realtime_unavailable", "in_flight"})
 #: Header on a delay-topic record: when it is due (epoch seconds), so a lane need not parse it to wait.
 NOT_BEFORE_HEADER = "herald-not-before"
 
@@ -190,6 +193,19 @@ class SenderPipeline:
         self._running: dict[uuid.UUID, asyncio.Future[None]] = {}
         self._outages = 0  # consecutive batches handed back for an outage
         self._resume_handles: dict[TopicPartition, asyncio.TimerHandle] = {}
+        self._gate_paused: dict[TopicPartition, Any] = {}  # partitions paused while the gate is not closed, with their consumer
+        self._metrics: Any = None
+        self._control_read = 0.0
+        self.gate = ChannelGate(
+            channel.value,
+            failures=settings.breaker_failures,
+            failure_rate=settings.breaker_failure_rate,
+            window_seconds=settings.breaker_window_seconds,
+            min_calls=settings.breaker_min_calls,
+            open_seconds=settings.breaker_open_seconds,
+            open_max_seconds=settings.breaker_open_max_seconds,
+            on_change=self._gate_changed,
+        )
 
     # ------------------------------------------------------------------ wiring
 
@@ -221,9 +237,17 @@ class SenderPipeline:
     def _handler(self, lane: str, *, delayed: bool) -> Callable[..., Awaitable[None]]:
         async def on_dispatch(_: None, msg: KafkaMessage, res: KafkaResources) -> None:
             records = list(msg.raw_message)
+            await self.read_controls(res)
             if delayed:
                 records = self.hold_back(records, msg.consumer)
-            await self.handle_batch(records, res, lane=lane)
+            admitted = self.gate.admits() if records else None
+            if admitted is not None:
+                records = self.hand_back(records, msg.consumer, keep=admitted)
+            try:
+                await self.handle_batch(records, res, lane=lane)
+            finally:
+                if admitted == 1:
+                    self.gate.probe_over()  # a probe that never reached the provider (a replay, expired) lets the next one through
 
         on_dispatch.__name__ = f"on_{self.channel.value}_{lane.replace('-', '_')}_dispatch"
         return on_dispatch
@@ -257,8 +281,61 @@ class SenderPipeline:
             self._resume_handles[tp] = asyncio.get_running_loop().call_later(max(at - now, 0.0), self._resume, consumer, tp)
         return due
 
+    def hand_back(self, records: list[ConsumerRecord], consumer: Any, *, keep: int) -> list[ConsumerRecord]:
+        """While the gate is not closed: keep the first ``keep`` records (a probe), rewind and pause the rest's partitions.
+
+        Nothing handed back is attempted, so no message burns an attempt while the channel is paused.
+        """
+        ordered = sorted(records, key=lambda r: (r.topic, r.partition, r.offset))
+        kept = ordered[:keep]
+        first: dict[TopicPartition, int] = {}
+        for record in ordered[keep:]:
+            first.setdefault(TopicPartition(record.topic, record.partition), record.offset)
+        wait = self.gate.retry_in()
+        loop = asyncio.get_running_loop()
+        for tp, offset in first.items():
+            consumer.seek(tp, offset)
+            consumer.pause(tp)
+            self._gate_paused[tp] = consumer
+            previous = self._resume_handles.pop(tp, None)
+            if previous is not None:
+                previous.cancel()
+            self._resume_handles[tp] = loop.call_later(wait, self._resume, consumer, tp)
+        return kept
+
+    def _gate_changed(self, before: GateState, state: GateState, reason: str) -> None:
+        if self._metrics is not None:
+            for s in GateState:
+                self._metrics.channel_state.labels(self.channel.value, s.value).set(1 if s is state else 0)
+            self._metrics.breaker_transitions.labels(self.channel.value, state.value).inc()
+        if state is GateState.closed:
+            for tp, consumer in list(self._gate_paused.items()):
+                handle = self._resume_handles.pop(tp, None)
+                if handle is not None:
+                    handle.cancel()
+                self._resume(consumer, tp)
+            self._gate_paused.clear()
+
+    async def read_controls(self, res: Resources) -> None:
+        """The operator's hold and resume for this channel (Redis), read at most every HERALD_BREAKER_CONTROL_SECONDS."""
+        if self._metrics is None:
+            self._metrics = res.metrics
+            self._gate_changed(self.gate.state, self.gate.state, "")
+        now = time.monotonic()
+        if now - self._control_read < self.settings.breaker_control_seconds:
+            return
+        self._control_read = now
+        prefix, ch = self.settings.control_prefix(), self.channel.value
+        try:
+            held, token = await res.redis.mget(hold_key(prefix, ch), resume_key(prefix, ch))
+        except Exception as exc:  # the breaker works without Redis; the operator's word waits for it
+            log.debug("cannot read the channel controls: %s", exc)
+            return
+        self.gate.control(held=bool(held), resume_token=token.decode() if token else "")
+
     def _resume(self, consumer: Any, tp: TopicPartition) -> None:
         self._resume_handles.pop(tp, None)
+        self._gate_paused.pop(tp, None)
         try:
             consumer.resume(tp)
         except Exception:  # revoked meanwhile: the new owner reads it afresh
@@ -388,15 +465,27 @@ class SenderPipeline:
         try:
             provider_id = await self.deliver(dispatch, res)
         except Suppressed as exc:
+            self.gate.neutral()
             return await self._record(dispatch, res, DeliveryState.suppressed, reason=exc.reason, error=exc.detail)
         except PermanentError as exc:
             self._observe_latency(res, started)
+            self.gate.neutral()
             return await self._record(dispatch, res, DeliveryState.failed, reason=exc.reason, error=exc.detail)
+        except Misconfigured as exc:
+            self._observe_latency(res, started)
+            self.gate.misconfigured(f"{exc.reason}: {exc.detail}"[:200])
+            return await self._wait_for_configuration(dispatch, res, exc)
         except TransientError as exc:
             self._observe_latency(res, started)
+            if exc.reason in NOT_PROVIDER_FAILURES:
+                self.gate.neutral()
+            else:
+                self.gate.failed(exc.reason)
             return await self._transient(dispatch, res, exc)
         except Exception as exc:  # a bug or a poison record: an attempt of this record only
+            self.gate.neutral()
             return await self._unexpected(dispatch, res, exc)
+        self.gate.succeeded()
         self._observe_latency(res, started)
         if dispatch.event_time is not None:
             lane_label = "critical" if dispatch.critical else "normal"
@@ -410,6 +499,14 @@ class SenderPipeline:
 
     def provider_name(self, res: Resources) -> str:
         return str(res.extra.get("provider", self.channel.value))
+
+    async def _wait_for_configuration(self, dispatch: Dispatch, res: Resources, exc: Misconfigured) -> list[Outgoing]:
+        """Herald's own configuration was refused: the dispatch waits for the channel, its attempt and window untouched."""
+        wait = max(self.gate.retry_in(), 1.0)
+        retry = dispatch.model_copy(update={"not_before": self.clock() + timedelta(seconds=wait), "retry_from": self.clock()})
+        log.error("%s provider refused Herald's configuration (%s); the channel pauses and %s waits", self.channel.value, exc, dispatch.notification_id)
+        out = await self._record(dispatch, res, DeliveryState.retrying, reason=exc.reason, error=str(exc))
+        return [*out, self._delayed(retry, wait)]
 
     async def _unexpected(self, dispatch: Dispatch, res: Resources, exc: Exception) -> list[Outgoing]:
         if is_outage(exc):

@@ -82,6 +82,14 @@ class HeraldSettings(BaseSettings):
     delivery_lease_seconds: float = Field(default=60.0, gt=0)  # a claimed delivery whose process vanished is tried again after this
     ledger_write_patience_seconds: float = Field(default=900.0, ge=0)  # how long an accepted send's ledger write is retried
     outage_backoff_max_seconds: float = Field(default=30.0, gt=0)  # longest pause between tries while PostgreSQL or Redis is down
+    breaker_failures: int = Field(default=20, ge=1)  # provider failures in a row that open a channel's circuit breaker
+    breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)  # or this share of failed calls over the window
+    breaker_window_seconds: float = Field(default=30.0, gt=0)
+    breaker_min_calls: int = Field(default=20, ge=1)  # calls in the window before the rate counts
+    breaker_open_seconds: float = Field(default=5.0, gt=0)  # first pause before a probe; doubles after each failed probe
+    breaker_open_max_seconds: float = Field(default=300.0, gt=0)
+    breaker_control_seconds: float = Field(default=2.0, gt=0)  # how often a sender reads the operator's hold/resume
+    control_redis_prefix: str = "herald:"  # Redis keys of `herald channel hold|resume`
     drain_timeout_seconds: float = Field(default=30.0, ge=0)  # on SIGTERM, how long in-flight messages may take to finish
 
     @field_validator("retry_tiers", mode="before")
@@ -161,6 +169,10 @@ class HeraldSettings(BaseSettings):
     @property
     def dlq_topic(self) -> str:
         return f"{self.kafka_topic_namespace}{self.topic_dlq}"
+
+    def control_prefix(self) -> str:
+        """Redis key prefix of operator controls, isolated per topic namespace like the topics."""
+        return f"{self.control_redis_prefix}{self.kafka_topic_namespace}"
 
     def group_id(self, name: str) -> str:
         return f"{self.kafka_group_prefix}-{name}"

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 import jwt
 from pydantic import ValidationError
 
-from shared import Category, PermanentError, TransientError, parse_retry_after
+from shared import Category, Misconfigured, PermanentError, TransientError, parse_retry_after
 from shared.events import EVENT_MODELS
 
 #: Categories whose mail carries RFC 8058 one-click unsubscribe.
@@ -99,15 +99,26 @@ def preference_patch(category: Category) -> dict[str, Any]:
 
 
 
+#: SMTP replies that refuse Herald itself (authentication, relaying, sender policy), not a recipient.
+SMTP_MISCONFIGURED_CODES = frozenset({530, 535})
+SMTP_MISCONFIGURED_ENHANCED = ("5.7.0", "5.7.1", "5.7.8")
+
+
 def http_failure(status: int, *, retry_after: str | None = None, detail: str = "") -> TransientError | PermanentError:
-    """What an HTTP provider's non-2xx answer means: 408, 429 and 5xx are worth retrying, other 4xx are not."""
+    """What an HTTP provider's non-2xx answer means: 408, 429 and 5xx are worth retrying, 401 and 403 refuse
+    Herald's API key (the channel pauses), other 4xx are the message's own fault."""
+    if status in (401, 403):
+        return Misconfigured(f"http_{status}", detail or "the provider refused the API key")
     if status == 429 or status == 408 or status >= 500:
         return TransientError(f"http_{status}", detail, retry_after=parse_retry_after(retry_after))
     return PermanentError(f"http_{status}", detail)
 
 
 def smtp_failure(code: int, *, detail: str = "") -> TransientError | PermanentError:
-    """What an SMTP reply code means: 4xx is a temporary failure (retry), 5xx a permanent one."""
+    """What an SMTP reply means: 4xx is a temporary failure (retry), 5xx a permanent one, except the replies that
+    refuse Herald itself (530, 535, enhanced 5.7.0/5.7.1/5.7.8: authentication, relaying), which pause the channel."""
+    if code in SMTP_MISCONFIGURED_CODES or (code >= 500 and detail.strip().startswith(SMTP_MISCONFIGURED_ENHANCED)):
+        return Misconfigured(f"smtp_{code}", detail)
     if 400 <= code < 500:
         return TransientError(f"smtp_{code}", detail)
     if code >= 500:

@@ -22,6 +22,7 @@ from shared import (
     Dispatch,
     Ledger,
     MessageTemplates,
+    Misconfigured,
     PermanentError,
     Resources,
     SenderPipeline,
@@ -62,6 +63,8 @@ class PushDelivery:
             raise Suppressed("no_subscription")
         results = await asyncio.gather(*(self.deliver_to(sub, dispatch, payload, res) for sub in subscriptions))
         outcome = logic.verdict(results)
+        if any(r.reason == logic.VAPID_REJECTED for r in results):
+            raise Misconfigured(logic.VAPID_REJECTED, "the push service refused Herald's VAPID signature; check HERALD_VAPID_PRIVATE_KEY and HERALD_VAPID_SUBJECT")
         if outcome.state == "retry":
             raise TransientError(outcome.reason, outcome.summary, retry_after=outcome.retry_after)
         if outcome.state == "failed":
@@ -151,7 +154,7 @@ class PushDelivery:
                 if await repo.remove(conn=conn, id=sub["id"]):
                     metrics.removed.labels("gone").inc()
                     log.info("removed push subscription %s of user %s: %s", sub["id"], sub["user_id"], result.reason)
-            elif result.reason != "http_429":  # throttling is about Herald's rate, not the subscription
+            elif result.reason not in ("http_429", logic.VAPID_REJECTED):  # Herald's rate or keys, not the subscription's fault
                 failures = await repo.record_failure(conn=conn, id=sub["id"], error=result.reason)
                 if failures is not None and failures >= self.settings.push_max_failures and await repo.remove(conn=conn, id=sub["id"]):
                     metrics.removed.labels("too_many_failures").inc()

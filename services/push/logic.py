@@ -232,7 +232,11 @@ class Answer(StrEnum):
     gone = "gone"  # 404, 410: the subscription no longer exists
     permanent = "permanent"  # 413 and other 4xx, redirects: will fail the same way again
     throttled = "throttled"  # 429: transient, not the subscription's fault
+    misconfigured = "misconfigured"  # 401/403: the push service refused Herald's VAPID signature: the channel pauses
     transient = "transient"  # 5xx: transient
+
+
+VAPID_REJECTED = "vapid_rejected"
 
 
 def classify(status: int) -> Answer:
@@ -243,6 +247,8 @@ def classify(status: int) -> Answer:
         return Answer.gone
     if status == 429:
         return Answer.throttled
+    if status in (401, 403):
+        return Answer.misconfigured
     if status >= 500:
         return Answer.transient
     return Answer.permanent
@@ -287,6 +293,8 @@ def result_of(status: int, *, retry_after: str | None = None, location: str | No
         return TargetResult(Outcome.removed, reason)
     if answer is Answer.permanent:
         return TargetResult(Outcome.failed, reason)
+    if answer is Answer.misconfigured:
+        return TargetResult(Outcome.retry, VAPID_REJECTED)
     return TargetResult(Outcome.retry, reason, retry_after=parse_retry_after(retry_after, now=now))
 
 

@@ -15,6 +15,7 @@ from shared import (
     Dispatch,
     Limit,
     MessageTemplates,
+    Misconfigured,
     Outgoing,
     PermanentError,
     RateLimiter,
@@ -103,6 +104,8 @@ class SmsDelivery:
             failure = logic.classify_provider_error(exc.status, exc.code)
             detail = f"twilio {exc.status or '-'} {exc.code or '-'}: {logic.mask_numbers(str(exc))}"
             log.warning("Twilio refused SMS to %s: %s", mask_phone(number.e164), detail)
+            if failure.reason == "provider_auth":
+                raise Misconfigured(failure.reason, detail) from None
             if failure.transient:
                 raise TransientError(failure.reason, detail, retry_after=parse_retry_after(exc.retry_after)) from None
             raise PermanentError(failure.reason, detail) from None

@@ -21,7 +21,7 @@ from services.email.logic import (
     unsubscribe_token,
 )
 from services.email.settings import Settings
-from shared import Category, PermanentError, TransientError
+from shared import Category, Misconfigured, PermanentError, TransientError
 
 SECRET = "a-test-unsubscribe-secret-long-enough-for-every-hmac-algorithm-0123456789"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -119,7 +119,13 @@ def test_http_answers_worth_retrying(status):
     assert isinstance(http_failure(status), TransientError)
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422])
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_api_key_is_a_misconfiguration_that_pauses_the_channel(status):
+    error = http_failure(status)
+    assert isinstance(error, Misconfigured) and error.reason == f"http_{status}"
+
+
+@pytest.mark.parametrize("status", [400, 404, 409, 422])
 def test_http_answers_not_worth_retrying(status):
     error = http_failure(status)
     assert isinstance(error, PermanentError) and error.reason == f"http_{status}"
@@ -135,6 +141,19 @@ def test_retry_after_is_honoured_in_seconds_or_as_a_date():
 def test_smtp_codes_4xx_are_temporary_and_5xx_permanent():
     assert isinstance(smtp_failure(451), TransientError) and isinstance(smtp_failure(421), TransientError)
     assert isinstance(smtp_failure(550), PermanentError) and smtp_failure(553).reason == "smtp_553"
+    assert isinstance(smtp_failure(550, detail="5.1.1 no such user"), PermanentError)
+    for refused in (not_recipient for not_recipient in (451, 550, 553)):
+        assert not isinstance(smtp_failure(refused), Misconfigured)
+
+
+@pytest.mark.parametrize(
+    ("code", "detail"),
+    [(530, "5.7.0 Authentication required"), (535, "5.7.8 Authentication credentials invalid"), (550, "5.7.1 Relaying denied"),
+     (554, "5.7.1 Sender address rejected"), (550, "5.7.0 Must issue a STARTTLS command first")],
+)
+def test_smtp_replies_that_refuse_herald_itself_pause_the_channel(code, detail):
+    error = smtp_failure(code, detail=detail)
+    assert isinstance(error, Misconfigured) and error.reason == f"smtp_{code}"
 
 
 def test_links_are_made_absolute_from_the_front_end():

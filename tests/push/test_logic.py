@@ -161,10 +161,15 @@ def test_urgency_and_topic():
     assert len(topic) <= 32 and base64.urlsafe_b64decode(topic + "==") == nid.bytes
 
 
+def test_a_vapid_refusal_is_a_misconfiguration_not_the_subscriptions_failure():
+    result = logic.result_of(403)
+    assert (result.outcome, result.reason) == (logic.Outcome.retry, logic.VAPID_REJECTED)
+
+
 @pytest.mark.parametrize(
     ("status", "answer"),
     [(201, Answer.sent), (202, Answer.sent), (404, Answer.gone), (410, Answer.gone), (413, Answer.permanent), (400, Answer.permanent),
-     (403, Answer.permanent), (307, Answer.permanent), (429, Answer.throttled), (500, Answer.transient), (503, Answer.transient)],
+     (401, Answer.misconfigured), (403, Answer.misconfigured), (307, Answer.permanent), (429, Answer.throttled), (500, Answer.transient), (503, Answer.transient)],
 )
 def test_push_service_answers(status, answer):
     assert logic.classify(status) is answer

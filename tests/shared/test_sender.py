@@ -12,6 +12,7 @@ from shared import (
     Dispatch,
     HeraldSettings,
     Ledger,
+    Misconfigured,
     PermanentError,
     Recipient,
     SenderPipeline,
@@ -82,10 +83,19 @@ def sender(infra, namespace, ledger_schema):
     return start
 
 
-async def statuses(infra, settings, count):
+async def statuses(infra, settings, count, *, final: bool = False):
+    """The first ``count`` statuses, or with ``final`` every status until ``count`` notifications have a final one."""
     async with TopicReader(infra.kafka_bootstrap, settings.status_topic) as reader:
-        await reader.wait_for(count)
-        return reader.json()
+        if not final:
+            await reader.wait_for(count)
+            return reader.json()
+
+        async def finished():
+            await reader.poll()
+            done = {s["notification_id"] for s in reader.json() if s["status"] in ("sent", "failed", "suppressed", "expired", "dead_lettered")}
+            return reader.json() if len(done) >= count else None
+
+        return await eventually(finished, timeout=60, what=f"{count} final statuses")
 
 
 async def test_a_dispatch_consumed_twice_is_delivered_once(infra, sender, db, ledger_schema):
@@ -471,3 +481,97 @@ async def test_stopping_drains_the_sends_in_flight_before_the_providers_close(in
     assert [r["status"] for r in rows] == ["sent"] * 3
     found = await statuses(infra, settings, 3)
     assert sorted(s["status"] for s in found) == ["sent"] * 3
+
+
+# The circuit breaker, the misconfiguration pause, the operator's hold -------------------------------
+
+
+class SwitchedProvider:
+    """Fails with ``error`` while ``down`` is set, accepts otherwise; records every call."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.down = True
+        self.calls: list[uuid.UUID] = []
+
+    async def __call__(self, dispatch: Dispatch, res) -> str:
+        self.calls.append(dispatch.notification_id)
+        if self.down:
+            raise self.error
+        return f"msg-{len(self.calls)}"
+
+
+def channel_state(metrics: str) -> str:
+    return next(line.split('state="')[1].split('"')[0] for line in metrics.splitlines() if line.startswith("herald_channel_state{") and line.endswith(" 1.0"))
+
+
+BREAKER = {"breaker_failures": 3, "breaker_open_seconds": 0.5, "breaker_open_max_seconds": 1.0, "breaker_min_calls": 1000}
+
+
+async def test_an_outage_opens_the_breaker_messages_keep_their_attempts_and_all_are_sent_once_it_is_back(infra, sender, db, ledger_schema):
+    provider = SwitchedProvider(TransientError("http_503"))
+    settings, app = await sender(provider, retry_base_seconds=0.05, retry_cap_seconds=0.1, settings_overrides=BREAKER)
+    batch = [dispatch() for _ in range(30)]
+    async with app as client:
+        for d in batch:
+            await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=b"u1")
+        await eventually(lambda: _state_is(client, "open", "half_open"), what="the breaker open")
+        await asyncio.sleep(3)  # an outage of a few seconds: only probes reach the provider
+        calls_while_down = len(provider.calls)
+        provider.down = False
+        found = await statuses(infra, settings, 30, final=True)
+        await eventually(lambda: _state_is(client, "closed"), what="the breaker closed again")
+    assert calls_while_down < 20  # 3 to open it, then one probe per pause: not 30 messages × their attempts
+    assert {s["notification_id"] for s in found if s["status"] == "sent"} == {str(d.notification_id) for d in batch}
+    assert sorted(provider.calls[calls_while_down:]).count(batch[0].notification_id) <= 1
+    rows = await db.fetch(f"SELECT status, attempts FROM {ledger_schema}.ledger")
+    assert all(r["status"] == "sent" for r in rows) and len(rows) == 30
+    assert sum(r["attempts"] for r in rows) == len(provider.calls)  # every attempt was a provider call: none burned while open
+
+
+async def test_a_misconfigured_provider_pauses_the_channel_and_everything_is_delivered_once_it_is_fixed(infra, sender, db, ledger_schema):
+    provider = SwitchedProvider(Misconfigured("smtp_535", "5.7.8 Authentication credentials invalid"))
+    settings, app = await sender(provider, max_attempts=2, retry_base_seconds=0.05, settings_overrides=BREAKER)
+    batch = [dispatch() for _ in range(10)]
+    async with app as client:
+        for d in batch:
+            await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=b"u1")
+        await eventually(lambda: _state_is(client, "misconfigured"), what="the channel paused as misconfigured")
+        await asyncio.sleep(3)  # longer than max_attempts would allow, had these been the recipients' failures
+        provider.down = False  # the operator fixes the credentials
+        found = await statuses(infra, settings, 10, final=True)
+    assert {s["notification_id"] for s in found if s["status"] == "sent"} == {str(d.notification_id) for d in batch}
+    assert not [s for s in found if s["status"] in ("failed", "dead_lettered")]
+
+
+async def test_an_operator_hold_stops_sends_until_resume(infra, sender, redis_client):
+    from shared._breaker import hold_key, resume_key
+
+    provider = ScriptedProvider()
+    settings, app = await sender(provider, settings_overrides={**BREAKER, "breaker_control_seconds": 0.2})
+    prefix = settings.control_prefix()
+    async with app as client:
+        await redis_client.set(hold_key(prefix, "inapp"), "1")
+        await eventually(lambda: _first_batch_then_state(client, infra, settings, "held"), what="the hold seen")
+        held = dispatch()
+        await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), held.model_dump_json().encode(), key=b"u1")
+        await asyncio.sleep(2)
+        assert held.notification_id not in provider.calls
+        await redis_client.delete(hold_key(prefix, "inapp"))
+        await redis_client.set(resume_key(prefix, "inapp"), "r1")
+        await eventually(lambda: asyncio.sleep(0, result=held.notification_id in provider.calls), what="the held dispatch sent after resume", timeout=30)
+    await redis_client.delete(resume_key(prefix, "inapp"))
+
+
+async def _first_batch_then_state(client, infra, settings, state):
+    # The gate reads the controls when a batch arrives: give it one.
+    await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), dispatch().model_dump_json().encode(), key=b"warm")
+    return await _state_is(client, state)
+
+
+async def _state_is(client, *states) -> bool:
+    text = (await client.get("/metrics/")).text
+    try:
+        return channel_state(text) in states
+    except StopIteration:
+        return False
