@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 from shared import Channel, HeraldSettings, apply_migrations, create_topics, ensure_database, load_migrations
 
 from . import infra
+from .drain import RUN_DRAIN_SECONDS
 from .stack import ROOT, SANDBOX, SERVICES, Stack, port_of
 
 RUN_DIR = ROOT / ".run"
@@ -128,6 +129,28 @@ def start_prometheus(stack: Stack, port: int) -> subprocess.Popen | None:
     return proc
 
 
+def drain_stack(stack: Stack, settings: HeraldSettings, *, timeout: float) -> None:
+    """Close intake, then wait (with progress) until every consumer group has finished what it holds."""
+    from .drain import wait_until_drained
+
+    ingress = stack.procs.get("ingress")
+    if ingress is not None and ingress.poll() is None:
+        ingress.send_signal(signal.SIGUSR1)
+        print("herald: intake closed (ingress answers 503 with Retry-After); finishing what was accepted (Ctrl-C again to stop at once)")
+    try:
+        backlog = asyncio.run(wait_until_drained(settings, timeout=timeout))
+    except Exception as exc:  # the broker is gone or unreachable: nothing more to wait for
+        print(f"herald: cannot measure the backlog ({type(exc).__name__}: {exc}); stopping", file=sys.stderr)
+        return
+    if not backlog.done:
+        left = ", ".join(f"{g} {n}" for g, n in sorted(backlog.waiting.items()) if n)
+        print(f"herald: still waiting after {timeout:.0f}s ({left}); the embedded broker loses these when it stops", file=sys.stderr)
+    else:
+        print("herald: every consumer group has caught up")
+    if backlog.delayed:
+        print(f"herald: {backlog.delayed} retries wait on delay topics and are lost with the embedded broker", file=sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Everything `make run` does after installing."""
     settings = HeraldSettings()
@@ -204,6 +227,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             time.sleep(0.5)
     finally:
         print("herald: stopping")
+        if tansu is not None:  # the embedded broker loses what it holds: finish it first
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+            try:
+                drain_stack(stack, settings, timeout=float(env.get("HERALD_RUN_DRAIN_SECONDS", RUN_DRAIN_SECONDS)))
+            except KeyboardInterrupt:
+                print("herald: stopping at once; what the broker holds is lost", file=sys.stderr)
         stack.stop_all()
         for proc in (prometheus, tansu):
             if proc:

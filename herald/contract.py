@@ -82,9 +82,11 @@ def env_variables() -> dict[str, tuple[str, str]]:
 
     from pathlib import Path
 
+    from .drain import RUN_DRAIN_SECONDS
     from .stack import SANDBOX
 
     found["HERALD_SANDBOX_PORT"] = (str(SANDBOX.port), ["make run"])
+    found["HERALD_RUN_DRAIN_SECONDS"] = (str(RUN_DRAIN_SECONDS), ["make run"])
     for spec in SERVICES:
         found[spec.port_variable] = (str(spec.port), ["make run"])
     root = SCHEMAS_DIR.parent

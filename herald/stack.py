@@ -98,12 +98,14 @@ class Stack:
         return [name for name, proc in self.procs.items() if proc.poll() is not None]
 
     def stop_all(self) -> None:
+        """SIGTERM every service at once, give each its drain time (HERALD_DRAIN_TIMEOUT_SECONDS + 10 s), then kill."""
         for proc in self.procs.values():
             if proc.poll() is None:
                 try:
                     os.killpg(proc.pid, 15)
                 except ProcessLookupError:
                     pass
+        grace = float(self.env.get("HERALD_DRAIN_TIMEOUT_SECONDS", "30")) + 10
         for proc in self.procs.values():
-            stop(proc)
+            stop(proc, timeout=grace)
         self.procs.clear()

@@ -50,7 +50,7 @@ async def test_a_retried_stripe_payout_lands_in_the_inbox_once(infra, namespace,
 
             async def inapp_saw_a_duplicate():
                 seen = [json.loads(r.value) for r in await statuses.poll()]
-                return [s for s in seen if (s["status"], s["channel"], s["user_id"]) == ("duplicate", "inapp", user)]
+                return [s for s in seen if (s["status"], s["channel"], s["user_id"], s["replayed"]) == ("sent", "inapp", user, True)]
 
-            await eventually(inapp_saw_a_duplicate, timeout=60, what="inapp recognising the replayed dispatch")
+            await eventually(inapp_saw_a_duplicate, timeout=60, what="inapp recognising the replayed dispatch (repeating its outcome)")
         assert len(await items()) == 1
