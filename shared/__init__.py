@@ -3,7 +3,7 @@
 Only the names in ``__all__`` are public; the ``_``-prefixed modules are private.
 """
 
-from ._app import AppResources, KafkaResources, Resources, create_service
+from ._app import OutageBackoff, AppResources, KafkaResources, Resources, create_service
 from ._auth import ServiceName, UserId, current_service, current_user, decode_user_token
 from ._db import MigrationError, apply_migrations, create_pool, ensure_database, load_migrations
 from ._breaker import ChannelGate, GateState
@@ -64,6 +64,7 @@ __all__ = [
     "MessageTemplates",
     "MigrationError",
     "Misconfigured",
+    "OutageBackoff",
     "Outgoing",
     "PermanentError",
     "RateLimiter",

@@ -52,6 +52,29 @@ class Readiness(BaseModel):
     checks: dict[str, str]
 
 
+class OutageBackoff:
+    """A handler whose dependency is down waits before its batch is handed back, longer each time, and says so in /readyz."""
+
+    def __init__(self, name: str, *, max_pause: float) -> None:
+        self.name = name
+        self.max_pause = max_pause
+        self.failures = 0
+
+    async def failed(self, res: Resources, exc: BaseException) -> float:
+        self.failures += 1
+        pause = min(self.max_pause, 0.5 * 2 ** min(self.failures - 1, 10))
+        res.problems[self.name] = f"{type(exc).__name__}: {exc}"[:300]
+        log.warning("%s: a dependency is down (%s); batch handed back, trying again in %.1fs", self.name, exc, pause)
+        await asyncio.sleep(pause)
+        return pause
+
+    def ok(self, res: Resources) -> None:
+        if self.failures:
+            log.info("%s: dependencies are back after %d failed batch(es)", self.name, self.failures)
+        self.failures = 0
+        res.problems.pop(self.name, None)
+
+
 def _resources(request: Request) -> Resources:
     return request.app.state.resources
 

@@ -41,7 +41,7 @@ from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 
-from ._app import KafkaResources, Resources
+from ._app import KafkaResources, OutageBackoff, Resources
 from ._breaker import ChannelGate, GateState, hold_key, resume_key
 from ._exceptions import Misconfigured, PermanentError, Suppressed, TransientError, describe, is_outage
 from ._kafka import Outgoing, dead_letter, header, publish_many, subscriber_options
@@ -191,7 +191,7 @@ class SenderPipeline:
         self.clock = clock  # every time decision (due, expired, the next attempt, the window) reads this
         # Notification ids this process is delivering now, each with the outcome its copies wait for.
         self._running: dict[uuid.UUID, asyncio.Future[None]] = {}
-        self._outages = 0  # consecutive batches handed back for an outage
+        self._outages = OutageBackoff(f"{channel.value}-delivery", max_pause=settings.outage_backoff_max_seconds)
         self._resume_handles: dict[TopicPartition, asyncio.TimerHandle] = {}
         self._gate_paused: dict[TopicPartition, Any] = {}  # partitions paused while the gate is not closed, with their consumer
         self._metrics: Any = None
@@ -373,16 +373,9 @@ class SenderPipeline:
             except Exception as exc:
                 outages.append(exc)
         if outages:
-            self._outages += 1
-            pause = min(self.settings.outage_backoff_max_seconds, 0.5 * 2 ** min(self._outages - 1, 10))
-            res.problems[f"{self.channel.value}-delivery"] = f"{type(outages[0]).__name__}: {outages[0]}"[:300]
-            log.warning("%s: a dependency is down (%s); batch handed back, trying again in %.1fs", self.channel.value, outages[0], pause)
-            await asyncio.sleep(pause)
+            await self._outages.failed(res, outages[0])
             raise Outage(str(outages[0])) from outages[0]
-        if self._outages:
-            log.info("%s: dependencies are back after %d failed batch(es)", self.channel.value, self._outages)
-            self._outages = 0
-        res.problems.pop(f"{self.channel.value}-delivery", None)
+        self._outages.ok(res)
 
     async def handle_record(self, record: ConsumerRecord, res: Resources, *, lane: str) -> list[Outgoing]:
         """Process one record; return the messages to publish about it. Raises only for an outage."""

@@ -10,7 +10,7 @@ from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 
-from shared import DeliveryStatus, KafkaResources, Outgoing, Resources, dead_letter, publish_many, subscriber_options
+from shared import DeliveryStatus, KafkaResources, Outgoing, OutageBackoff, Resources, dead_letter, is_outage, publish_many, subscriber_options
 
 from . import repo
 from .catalogue import Catalogue
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 def build_router(settings: Settings, catalogue: Catalogue) -> KafkaRouter:
     router = KafkaRouter()
     batches = BatchRouter(settings, catalogue)
+    routing_outage = OutageBackoff("router-domain", max_pause=settings.outage_backoff_max_seconds)
+    status_outage = OutageBackoff("router-status", max_pause=settings.outage_backoff_max_seconds)
 
     @router.subscriber(
         pattern=settings.domain_pattern(),
@@ -31,15 +33,27 @@ def build_router(settings: Settings, catalogue: Catalogue) -> KafkaRouter:
         title="router:domain",
     )
     async def on_domain_events(_: None, msg: KafkaMessage, res: KafkaResources) -> None:
-        await batches.handle(list(msg.raw_message), res)
+        try:
+            await batches.handle(list(msg.raw_message), res)
+        except Exception as exc:
+            if is_outage(exc):  # PostgreSQL or Redis down: wait, then hand the batch back (not committed)
+                await routing_outage.failed(res, exc)
+            raise
+        routing_outage.ok(res)
 
     @router.subscriber(settings.status_topic, **subscriber_options(settings, "router-status"), title="router:status")
     async def on_delivery_statuses(_: None, msg: KafkaMessage, res: KafkaResources) -> None:
         rows, dead = statuses_of(list(msg.raw_message), res, settings)
-        if rows:
-            async with res.pool.acquire() as conn:
-                await repo.record_deliveries(conn=conn, rows=rows)
-        await publish_many(res.broker, dead)
+        try:
+            if rows:
+                async with res.pool.acquire() as conn:
+                    await repo.record_deliveries(conn=conn, rows=rows)
+            await publish_many(res.broker, dead)
+        except Exception as exc:
+            if is_outage(exc):
+                await status_outage.failed(res, exc)
+            raise
+        status_outage.ok(res)
 
     return router
 
