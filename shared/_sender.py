@@ -273,13 +273,17 @@ class SenderPipeline:
             else:
                 due.append(record)
         for tp, (offset, at) in waiting.items():
-            consumer.seek(tp, offset)
-            consumer.pause(tp)
-            previous = self._resume_handles.pop(tp, None)
-            if previous is not None:
-                previous.cancel()
-            self._resume_handles[tp] = asyncio.get_running_loop().call_later(max(at - now, 0.0), self._resume, consumer, tp)
+            self._pause_at(consumer, tp, offset, max(at - now, 0.0))
         return due
+
+    def _pause_at(self, consumer: Any, tp: TopicPartition, offset: int, seconds: float) -> None:
+        """Rewind ``tp`` to ``offset`` (so the batch's commit stops there), pause it, and resume it in ``seconds``."""
+        consumer.seek(tp, offset)
+        consumer.pause(tp)
+        previous = self._resume_handles.pop(tp, None)
+        if previous is not None:
+            previous.cancel()
+        self._resume_handles[tp] = asyncio.get_running_loop().call_later(seconds, self._resume, consumer, tp)
 
     def hand_back(self, records: list[ConsumerRecord], consumer: Any, *, keep: int) -> list[ConsumerRecord]:
         """While the gate is not closed: keep the first ``keep`` records (a probe), rewind and pause the rest's partitions.
@@ -292,15 +296,9 @@ class SenderPipeline:
         for record in ordered[keep:]:
             first.setdefault(TopicPartition(record.topic, record.partition), record.offset)
         wait = self.gate.retry_in()
-        loop = asyncio.get_running_loop()
         for tp, offset in first.items():
-            consumer.seek(tp, offset)
-            consumer.pause(tp)
+            self._pause_at(consumer, tp, offset, wait)
             self._gate_paused[tp] = consumer
-            previous = self._resume_handles.pop(tp, None)
-            if previous is not None:
-                previous.cancel()
-            self._resume_handles[tp] = loop.call_later(wait, self._resume, consumer, tp)
         return kept
 
     def _gate_changed(self, before: GateState, state: GateState, reason: str) -> None:
