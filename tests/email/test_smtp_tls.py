@@ -16,7 +16,7 @@ from herald.infra import free_port
 from services.email.compose import Rendered, compose
 from services.email.providers.smtp import SmtpProvider
 from services.email.settings import Settings
-from shared import PermanentError, TransientError
+from shared import Misconfigured, PermanentError, TransientError
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ async def test_a_relay_requiring_starttls_refuses_plain_text(tls_relay):
     port, recorder = tls_relay
     provider = SmtpProvider(Settings(smtp_port=port, smtp_starttls=False))
     try:
-        with pytest.raises(PermanentError, match="smtp_530"):
+        with pytest.raises(Misconfigured, match="smtp_530"):  # Herald's own configuration: the channel pauses, the message waits
             await provider.send(message(), idempotency_key="k")
     finally:
         await provider.aclose()
