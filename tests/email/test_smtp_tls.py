@@ -16,7 +16,7 @@ from herald.infra import free_port
 from services.email.compose import Rendered, compose
 from services.email.providers.smtp import SmtpProvider
 from services.email.settings import Settings
-from shared import Misconfigured, PermanentError, TransientError
+from shared import Misconfigured, TransientError
 
 
 @pytest.fixture(scope="module")
