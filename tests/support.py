@@ -47,6 +47,9 @@ class Infra:
             "HERALD_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
             "HERALD_KAFKA_BATCH_TIMEOUT_MS": "20",
             "HERALD_KAFKA_METADATA_MAX_AGE_MS": "1000",
+            # One delay tier (not four) per lane: every test namespace adds its topics to the session's
+            # broker, and every client's metadata grows with them. Tests that need tiers set their own.
+            "HERALD_RETRY_TIERS": "5",
             "HERALD_ENVIRONMENT": "test",
         }
 

@@ -32,7 +32,7 @@ async def test_the_backlog_is_waited_for_until_every_live_group_has_committed_it
     await make_topics(settings)
     for i in range(3):
         await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), b"{}", key=f"k{i}".encode())
-    await produce(infra.kafka_bootstrap, settings.retry_topic("email", tier=600), b"{}", key=b"r")
+    await produce(infra.kafka_bootstrap, settings.retry_topic("email", tier=settings.retry_tiers_seconds[-1]), b"{}", key=b"r")
     said: list[str] = []
     waiting = await wait_until_drained(settings, timeout=3, say=said.append)
     assert not waiting.done and waiting.waiting[settings.group_id("inapp")] == 3 and waiting.delayed == 1

@@ -71,7 +71,7 @@ def test_consumer_lag_of_each_group_reaches_prometheus_rises_and_drains(platform
         category=Category.security, critical=True, channel=Channel.inapp, recipient=Recipient(user_id=user),
         template="password_changed", data={"user_id": user}, attempt=2, not_before=datetime.now(UTC) + timedelta(seconds=12),
     )
-    asyncio.run(produce(settings.kafka_bootstrap, settings.retry_topic("inapp", critical=True, tier=10), held.model_dump_json().encode(), key=user.encode()))
+    asyncio.run(produce(settings.kafka_bootstrap, settings.retry_topic("inapp", critical=True, tier=settings.retry_tiers_seconds[0]), held.model_dump_json().encode(), key=user.encode()))
     retry_lag = f'sum(max by (group, topic, partition) (herald_consumer_lag{{group="{settings.group_id("inapp-retry-critical")}"}}))'
     wait_for(lambda: platform.query(f"{retry_lag} == 1"), what="the retry group's lag to rise to 1")
     wait_for(lambda: platform.query(f"{retry_lag} == 0"), what="the retry group's lag to drain once the retry is done")

@@ -286,7 +286,7 @@ async def test_retries_go_on_until_the_window_closes_then_to_dlq(infra, sender, 
 
 async def test_retry_after_is_honoured_in_full_and_a_critical_retry_has_its_own_lane(infra, sender):
     provider = ScriptedProvider(TransientError("http_429", retry_after=75.0))
-    settings, app = await sender(provider, retry_base_seconds=0.05, retry_cap_seconds=0.2)
+    settings, app = await sender(provider, retry_base_seconds=0.05, retry_cap_seconds=0.2, settings_overrides={"retry_tiers": "10,60,600,3600"})
     d = dispatch(critical=True, category="security")
     async with app:
         await produce(infra.kafka_bootstrap, settings.notify_topic("inapp", critical=True), d.model_dump_json().encode())
@@ -304,7 +304,7 @@ async def test_a_retry_not_yet_due_pauses_its_partition_instead_of_blocking_the_
     later, now = dispatch(), dispatch()
     later = later.model_copy(update={"not_before": datetime.now(UTC) + timedelta(seconds=3), "attempt": 2})
     now = now.model_copy(update={"not_before": datetime.now(UTC), "attempt": 2})
-    topic = settings.retry_topic("inapp", tier=10)
+    topic = settings.retry_topic("inapp", tier=settings.retry_tiers_seconds[0])
     async with app:
         await produce(infra.kafka_bootstrap, topic, later.model_dump_json().encode(), key=b"a")
         await produce(infra.kafka_bootstrap, topic, now.model_dump_json().encode(), key=b"b")
