@@ -7,7 +7,7 @@ from ._app import OutageBackoff, AppResources, KafkaResources, Resources, create
 from ._auth import ServiceName, UserId, current_service, current_user, decode_user_token
 from ._db import MigrationError, apply_migrations, create_pool, ensure_database, load_migrations
 from ._breaker import ChannelGate, GateState
-from ._exceptions import HeraldError, InvalidMessage, Misconfigured, PermanentError, Suppressed, TransientError, describe, is_outage, parse_retry_after
+from ._exceptions import HeraldError, InvalidMessage, Misconfigured, PermanentError, Suppressed, TransientError, describe, is_outage, parse_retry_after, patiently
 from ._kafka import (
     Outgoing,
     all_topics,
@@ -104,5 +104,6 @@ __all__ = [
     "subscriber_options",
     "describe",
     "is_outage",
+    "patiently",
     "utcnow",
 ]

@@ -103,6 +103,17 @@ class ChannelGate:
             return 1
         return 0
 
+    def blocks(self) -> bool:
+        """Should a record that reached the provider step now wait instead (the gate closed on it mid-batch)?
+
+        A batch's records run concurrently: when the first failures open the gate, the rest of
+        that batch must not go on burning attempts. The probe of a half-open or misconfigured
+        gate is let through.
+        """
+        if self.state in (GateState.open, GateState.held):
+            return True
+        return self.state is GateState.misconfigured and not self._probing
+
     def retry_in(self) -> float:
         """Seconds until the gate may let something through again (for resuming paused partitions)."""
         if self.state is GateState.closed:

@@ -10,8 +10,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 from email.utils import parsedate_to_datetime
+
+T = TypeVar("T")
 
 
 class HeraldError(Exception):
@@ -84,10 +88,43 @@ def is_outage(exc: BaseException) -> bool:
         pg.CannotConnectNowError,  # the server is starting up
         pg.OperatorInterventionError,  # class 57: shutting down, or the query cancelled (statement_timeout too)
         pg.TooManyConnectionsError,
+        pg.InternalClientError,  # a connection left mid-operation by a cancelled query: the pool replaces it
         RedisConnectionError,
         RedisTimeoutError,
     )
     return isinstance(exc, outages)
+
+
+async def patiently(
+    write: Callable[[], Awaitable[T]], *, patience: float, what: str, problems: dict[str, str] | None = None, key: str = ""
+) -> T:
+    """Run ``write`` until it succeeds, retrying any failure with backoff for up to ``patience`` seconds.
+
+    For what must be recorded because a provider has already accepted a send: giving up
+    there would let the message be sent again, so every failure is retried, not only outages.
+    While it fails, ``problems[key]`` says why (``/readyz``).
+    """
+    import asyncio
+    import logging
+    import time
+
+    deadline = time.monotonic() + patience
+    pause = 0.2
+    while True:
+        try:
+            result = await write()
+        except Exception as exc:
+            if time.monotonic() >= deadline:
+                raise
+            if problems is not None:
+                problems[key] = f"{type(exc).__name__}: {exc}"[:300]
+            logging.getLogger(__name__).warning("%s failed (%s: %s); trying again in %.1fs", what, type(exc).__name__, exc, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 10.0)
+            continue
+        if problems is not None:
+            problems.pop(key, None)
+        return result
 
 
 def describe(exc: BaseException, *, frames: int = 4, limit: int = 1500) -> str:

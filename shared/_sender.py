@@ -43,7 +43,7 @@ from pydantic import ValidationError
 
 from ._app import KafkaResources, OutageBackoff, Resources
 from ._breaker import ChannelGate, GateState, hold_key, resume_key
-from ._exceptions import Misconfigured, PermanentError, Suppressed, TransientError, describe, is_outage
+from ._exceptions import Misconfigured, PermanentError, Suppressed, TransientError, describe, is_outage, patiently
 from ._kafka import Outgoing, dead_letter, header, publish_many, subscriber_options
 from ._logging import event_id_var, notification_id_var
 from ._models import Channel, DeliveryState, DeliveryStatus, Dispatch, utcnow
@@ -132,6 +132,15 @@ class Ledger:
         if row is None or row.status != "claimed" or row.claimed_at is None:
             return None
         return row.claimed_at + self.lease
+
+    async def release(self, *, conn: Any, notification_id: Any, target: str = "") -> None:
+        """Give a claim back without an attempt: the delivery waits (its channel paused) and was never tried."""
+        await conn.execute(
+            f"UPDATE {self.table} SET status = 'retrying', attempts = GREATEST(attempts - 1, 0), updated_at = now() "
+            "WHERE notification_id = $1 AND target = $2 AND status = 'claimed'",
+            notification_id,
+            target,
+        )
 
     async def finish(
         self,
@@ -452,6 +461,8 @@ class SenderPipeline:
         now = self.clock()
         if dispatch.expires_at is not None and now >= dispatch.expires_at:
             return await self._record(dispatch, res, DeliveryState.expired, reason="expired", error=f"expired at {dispatch.expires_at.isoformat()}")
+        if self.gate.blocks():
+            return await self._wait_for_channel(dispatch, res)
         started = time.perf_counter()
         try:
             provider_id = await self.deliver(dispatch, res)
@@ -490,6 +501,14 @@ class SenderPipeline:
 
     def provider_name(self, res: Resources) -> str:
         return str(res.extra.get("provider", self.channel.value))
+
+    async def _wait_for_channel(self, dispatch: Dispatch, res: Resources) -> list[Outgoing]:
+        """The channel paused while this record waited its turn: it waits on a delay topic, its claim and attempt given back."""
+        wait = max(self.gate.retry_in(), 1.0)
+        retry = dispatch.model_copy(update={"not_before": self.clock() + timedelta(seconds=wait)})
+        async with res.pool.acquire() as conn:
+            await self.ledger.release(conn=conn, notification_id=dispatch.notification_id)
+        return [self._status(dispatch, DeliveryState.retrying, res, reason="channel_paused"), self._delayed(retry, wait)]
 
     async def _wait_for_configuration(self, dispatch: Dispatch, res: Resources, exc: Misconfigured) -> list[Outgoing]:
         """Herald's own configuration was refused: the dispatch waits for the channel, its attempt and window untouched."""
@@ -558,23 +577,19 @@ class SenderPipeline:
         through an outage (up to ``HERALD_LEDGER_WRITE_PATIENCE_SECONDS``) instead of letting the
         record be redelivered and sent again.
         """
-        deadline = time.monotonic() + (self.settings.ledger_write_patience_seconds if patient else 0)
-        pause = 0.2
-        while True:
-            try:
-                async with res.pool.acquire() as conn:
-                    await self.ledger.finish(
-                        conn=conn, notification_id=dispatch.notification_id, status=state, provider_message_id=provider_message_id, error=error or reason
-                    )
-                break
-            except Exception as exc:
-                if not is_outage(exc) or time.monotonic() >= deadline:
-                    raise
-                res.problems[f"{self.channel.value}-ledger"] = f"{type(exc).__name__}: {exc}"[:300]
-                log.warning("ledger write of %s (%s) failed (%s); trying again in %.1fs", dispatch.notification_id, state.value, exc, pause)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 10.0)
-        res.problems.pop(f"{self.channel.value}-ledger", None)
+        async def write() -> None:
+            async with res.pool.acquire() as conn:
+                await self.ledger.finish(
+                    conn=conn, notification_id=dispatch.notification_id, status=state, provider_message_id=provider_message_id, error=error or reason
+                )
+
+        if patient:
+            await patiently(
+                write, patience=self.settings.ledger_write_patience_seconds, what=f"ledger write of {dispatch.notification_id} ({state.value})",
+                problems=res.problems, key=f"{self.channel.value}-ledger",
+            )
+        else:
+            await write()
         return [self._status(dispatch, state, res, reason=reason, provider_message_id=provider_message_id)]
 
     def _status(self, dispatch: Dispatch, state: DeliveryState, res: Resources, **fields: Any) -> Outgoing:

@@ -30,6 +30,7 @@ from shared import (
     TemplateError,
     TransientError,
     local_times,
+    patiently,
 )
 
 from . import logic, repo
@@ -100,7 +101,11 @@ class PushDelivery:
             if await self.ledger.claim(conn=conn, dispatch=dispatch, target=target) is None:
                 return await self.earlier(conn, dispatch, target)
         result = await self.send(sub, dispatch, payload, res)
-        await self.record(sub, dispatch, result, res)
+        # Once the push service has answered, recording it must not fail the attempt (and re-send the push).
+        await patiently(
+            lambda: self.record(sub, dispatch, result, res), patience=self.settings.ledger_write_patience_seconds,
+            what=f"push result of {dispatch.notification_id}", problems=res.problems, key="push-ledger",
+        )
         return result
 
     async def earlier(self, conn: Any, dispatch: Dispatch, target: str) -> TargetResult:

@@ -25,6 +25,7 @@ from shared import (
     TransientError,
     mask_phone,
     parse_retry_after,
+    patiently,
     publish_many,
 )
 
@@ -114,12 +115,20 @@ class SmsDelivery:
             raise
         count = accepted.num_segments or segments.count
         cost = logic.price(count, number.country, self.prices, s.sms_price_default_usd)
-        async with res.pool.acquire() as conn:
-            await repo.record_accepted(
-                conn=conn, notification_id=dispatch.notification_id, provider_message_id=accepted.sid,
-                category=dispatch.category.value, critical=dispatch.critical, country=number.country,
-                encoding=segments.encoding, segments=count, price_usd=cost,
-            )
+
+        async def record() -> None:
+            async with res.pool.acquire() as conn:
+                await repo.record_accepted(
+                    conn=conn, notification_id=dispatch.notification_id, provider_message_id=accepted.sid,
+                    category=dispatch.category.value, critical=dispatch.critical, country=number.country,
+                    encoding=segments.encoding, segments=count, price_usd=cost,
+                )
+
+        # Twilio has it: whatever PostgreSQL does now must not make this attempt fail (and the SMS go out again).
+        try:
+            await patiently(record, patience=s.ledger_write_patience_seconds, what=f"SMS accounting of {dispatch.notification_id}", problems=res.problems, key="sms-ledger")
+        except Exception as exc:
+            log.error("SMS %s was sent but its segments and price could not be recorded: %s", accepted.sid, exc)
         labels = (dispatch.event_type, dispatch.category.value, number.country)
         res.metrics.sms_segments.labels(*labels).inc(count)
         res.metrics.sms_spend.labels(*labels).inc(cost)

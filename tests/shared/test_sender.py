@@ -473,7 +473,7 @@ async def test_stopping_drains_the_sends_in_flight_before_the_providers_close(in
     async with app:
         for d in batch:
             await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=b"u1")
-        await eventually(lambda: asyncio.sleep(0, result=len(provider.started) == 3), what="three sends in flight")
+        await eventually(lambda: asyncio.sleep(0, result=len(provider.started) == 3), what="three sends in flight", timeout=60)
         asyncio.get_running_loop().call_later(0.5, provider.gate.set)  # they finish while the app is stopping
     assert closed_while_sending == [False]
     assert sorted(provider.finished) == sorted(d.notification_id for d in batch)
