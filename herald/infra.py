@@ -133,3 +133,118 @@ def stop(proc: subprocess.Popen, *, timeout: float = 10.0) -> None:
         except ProcessLookupError:
             pass
         proc.wait(5)
+
+
+# ---------------------------------------------------------------------------- private PostgreSQL and Redis
+# Fault tests restart PostgreSQL and Redis under load, so they run their own on free ports in a temporary
+# directory and never touches the machine's servers.
+
+
+def postgres_bin_dir() -> Path:
+    """The directory holding ``initdb`` and ``pg_ctl``: Debian's newest ``/usr/lib/postgresql/<ver>/bin``, else ``PATH``."""
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0)
+    if versions:
+        return Path(versions[-1]).parent
+    found = shutil.which("pg_ctl")
+    if found and shutil.which("initdb"):
+        return Path(os.path.realpath(found)).parent
+    raise InfraError(
+        "PostgreSQL's server programs (initdb, pg_ctl) are not installed here; "
+        "install them (Debian: apt-get install postgresql, or `make system-deps`)"
+    )
+
+
+class PrivatePostgres:
+    """A throw-away PostgreSQL cluster: ``initdb`` into ``workdir``, ``pg_ctl`` on ``port``, trust auth, user ``postgres``.
+
+    As root, the cluster belongs to (and runs as) the ``postgres`` OS user, as PostgreSQL refuses to run as root.
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None, *, os_user: str = "postgres") -> None:
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self.data = self.workdir / "data"
+        self.log_path = self.workdir / "postgres.log"
+        self.bin = postgres_bin_dir()
+        self.os_user = os_user if os.geteuid() == 0 else None
+
+    def url(self, database: str = "herald") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        cmd = [str(self.bin / args[0]), *args[1:]]
+        if self.os_user:
+            cmd = ["runuser", "-u", self.os_user, "--", *cmd]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.workdir, check=False)
+        if done.returncode != 0:
+            raise InfraError(f"{' '.join(args[:2])} failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-800:]}")
+        return done
+
+    def start(self) -> None:
+        if self.os_user:
+            import pwd
+
+            try:
+                entry = pwd.getpwnam(self.os_user)
+            except KeyError:
+                raise InfraError(f"running as root, PostgreSQL needs an OS user to run as; there is no {self.os_user!r} user") from None
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.os_user:
+            os.chown(self.workdir, entry.pw_uid, entry.pw_gid)
+        if not (self.data / "PG_VERSION").exists():
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
+        options = f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
+        self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data), "-l", str(self.log_path), "-o", options)
+        wait_port("127.0.0.1", self.port, timeout=30)
+
+    def restart(self, *, mode: str = "fast") -> None:
+        """``pg_ctl restart -m <mode>``: every connection is cut, the server is back when this returns."""
+        self._run("pg_ctl", "restart", "-w", "-t", "60", "-m", mode, "-D", str(self.data), "-l", str(self.log_path))
+        wait_port("127.0.0.1", self.port, timeout=30)
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists() and port_open("127.0.0.1", self.port)
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            try:
+                self._run("pg_ctl", "stop", "-w", "-t", "30", "-m", "fast", "-D", str(self.data))
+            except (InfraError, subprocess.TimeoutExpired):
+                self._run("pg_ctl", "stop", "-w", "-t", "30", "-m", "immediate", "-D", str(self.data))
+
+
+class PrivateRedis:
+    """A throw-away Redis on ``port`` that keeps nothing on disk (``--save '' --appendonly no``)."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self.log_path = self.workdir / "redis.log"
+        self.proc: subprocess.Popen | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise InfraError("redis-server is not installed here; install it (Debian: apt-get install redis-server, or `make system-deps`)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_port("127.0.0.1", self.port, timeout=15, proc=self.proc)
+
+    def restart(self) -> None:
+        """Stop (everything it held is gone) and start again on the same port."""
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
