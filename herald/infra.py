@@ -137,7 +137,7 @@ def stop(proc: subprocess.Popen, *, timeout: float = 10.0) -> None:
 
 # ---------------------------------------------------------------------------- private PostgreSQL and Redis
 # Fault tests restart PostgreSQL and Redis under load, so they run their own on free ports in a temporary
-# directory and never touches the machine's servers.
+# directory and never touch the machine's servers.
 
 
 def postgres_bin_dir() -> Path:

@@ -11,6 +11,7 @@ import contextlib
 import html
 import importlib
 import pkgutil
+from dataclasses import asdict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,9 +32,12 @@ def _provider_modules() -> list[Any]:
 
 class FaultIn(BaseModel):
     provider: str
-    status: int = Field(ge=0, le=599, description="HTTP status to answer with; 0 hangs until the client gives up")
-    count: int = Field(default=1, ge=1)
+    status: int = Field(ge=0, le=599, description="HTTP status (SMTP reply code for smtp) to answer with; 0 hangs until the client gives up")
+    count: int = Field(default=1, ge=1, description="How many requests it hits before it is spent")
     retry_after: int | None = None
+    probability: float | None = Field(default=None, gt=0, le=1, description="Hit each request with this chance (only hits count down)")
+    until_cleared: bool = Field(default=False, description="Never spent: stays until DELETE /api/faults")
+    message: str | None = Field(default=None, max_length=400, description="The reply text where the protocol has one (SMTP)")
 
 
 def create_app() -> FastAPI:
@@ -57,7 +61,11 @@ def create_app() -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/api/messages")
-    async def messages(provider: str | None = None) -> list[dict[str, Any]]:
+    async def messages(provider: str | None = None, after: int | None = None, brief: bool = False) -> list[dict[str, Any]]:
+        """Every message (of ``provider``); ``after``: only those with a higher id; ``brief``: without HTML, unparsed mail left unparsed."""
+        if brief or after is not None:
+            found = store.list_after(after or 0, provider)
+            return found if brief else [m.as_dict() for m in store.messages if m.id > (after or 0) and provider in (None, m.provider)]
         return store.list(provider)
 
     @app.delete("/api/messages", status_code=204)
@@ -66,7 +74,16 @@ def create_app() -> FastAPI:
 
     @app.post("/api/faults", status_code=204)
     async def inject(fault: FaultIn) -> None:
-        store.inject(fault.provider, Fault(status=fault.status, count=fault.count, retry_after=fault.retry_after))
+        store.inject(fault.provider, Fault(**fault.model_dump(exclude={"provider"})))
+
+    @app.get("/api/faults")
+    async def faults() -> dict[str, list[dict[str, Any]]]:
+        return {provider: [asdict(f) for f in queue if not f.spent] for provider, queue in store.faults.items()}
+
+    @app.delete("/api/faults")
+    async def clear_faults(provider: str | None = None, status: int | None = None) -> dict[str, int]:
+        """Remove injected faults: every one, or those of ``provider``, or only those with ``status``."""
+        return {"removed": store.clear_faults(provider, status)}
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:

@@ -65,7 +65,7 @@ async def send_email(
         if fault.status == 0:
             await _hang(request)
         headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
-        return _error(fault.status or 500, "injected_fault", "Injected by the sandbox.", headers)
+        return _error(fault.status or 500, "injected_fault", fault.message or "Injected by the sandbox.", headers)
     try:
         body = await request.json()
     except ValueError:

@@ -4,7 +4,11 @@ Listens on ``HERALD_SANDBOX_SMTP_PORT`` (default 2525) on loopback, keeps every
 message it accepts in the store (provider ``smtp``) and answers faults injected
 with ``POST /api/faults {"provider": "smtp", "status": 451}``: the status is the
 SMTP reply code (4xx temporary, 5xx permanent), 0 hangs until the client gives
-up. ``HERALD_SANDBOX_SMTP_DELAY_MS`` (or ``PUT /api/smtp/delay``) makes every
+up; ``"message"`` sets the reply text (``535`` answers ``5.7.8 Authentication
+credentials invalid`` unless told otherwise, as a relay refusing Herald's login
+does). The ``X-Herald-Notification-Id`` header of each message is kept in its
+``meta`` as it arrives (``notification_id``), so counting per notification
+needs no parsing. ``HERALD_SANDBOX_SMTP_DELAY_MS`` (or ``PUT /api/smtp/delay``) makes every
 answer slow, like a busy relay.
 """
 
@@ -16,6 +20,7 @@ import email
 import email.policy
 import logging
 import os
+import re
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,7 +34,9 @@ from .store import Received, Store
 PROVIDER = "smtp"
 _HANG_SECONDS = 120.0
 _REASONS = {421: "Service not available", 450: "Mailbox busy", 451: "Local error in processing", 452: "Insufficient storage",
-            550: "Mailbox unavailable", 552: "Exceeded storage allocation", 553: "Mailbox name not allowed", 554: "Transaction failed"}
+            550: "Mailbox unavailable", 552: "Exceeded storage allocation", 553: "Mailbox name not allowed", 554: "Transaction failed",
+            530: "5.7.0 Authentication required", 535: "5.7.8 Authentication credentials invalid"}
+_NOTIFICATION_ID = re.compile(rb"^X-Herald-Notification-Id:[ \t]*([0-9A-Fa-f-]{36})", re.MULTILINE | re.IGNORECASE)
 
 # aiosmtpd logs every SMTP command, addresses included, at INFO.
 logging.getLogger("mail.log").setLevel(logging.WARNING)
@@ -51,6 +58,11 @@ def received(envelope: Any) -> Received:
     """One accepted message; parsed (subject, parts, headers) when it is first shown."""
     raw = envelope.original_content or envelope.content
     rcpt_tos = list(envelope.rcpt_tos)
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    found = _NOTIFICATION_ID.search(head)
+    meta: dict[str, Any] = {"mail_from": envelope.mail_from, "rcpt_tos": rcpt_tos}
+    if found:
+        meta["notification_id"] = found.group(1).decode().lower()
 
     def settle(message: Received) -> None:
         try:
@@ -65,7 +77,7 @@ def received(envelope: Any) -> Received:
             message.meta["parse_error"] = f"{type(exc).__name__}: {exc}"
             message.text = raw.decode("utf-8", errors="replace")
 
-    return Received(provider=PROVIDER, to=", ".join(rcpt_tos), meta={"mail_from": envelope.mail_from, "rcpt_tos": rcpt_tos}, settle=settle)
+    return Received(provider=PROVIDER, to=", ".join(rcpt_tos), meta=meta, settle=settle)
 
 
 async def _hang(server: Any) -> None:
@@ -89,7 +101,7 @@ class Handler:
             if fault.status == 0:
                 await _hang(server)
             code = fault.status if 400 <= fault.status < 600 else 451
-            return f"{code} {_REASONS.get(code, 'Injected fault')}"
+            return f"{code} {fault.message or _REASONS.get(code, 'Injected fault')}"
         self.store.add(received(envelope))
         return "250 Message accepted for delivery"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -33,14 +34,31 @@ class Received:
             settle(self)
         return {k: v for k, v in asdict(self).items() if k != "settle"}
 
+    def brief(self) -> dict[str, Any]:
+        """What ``as_dict`` gives without the HTML and without parsing a message that is not parsed yet."""
+        return {k: v for k, v in asdict(self).items() if k not in {"settle", "html"}}
+
 
 @dataclass
 class Fault:
-    """Answer the next ``count`` requests with ``status`` (0 = hang until the client times out)."""
+    """Answer requests with ``status`` (0 = hang until the client times out).
+
+    By default the next ``count`` requests. With ``probability`` each request is hit with that
+    chance (only hits count down); with ``until_cleared`` the fault never runs out and stays until
+    ``DELETE /api/faults`` removes it. ``message`` replaces the answer's text where the protocol has
+    one (an SMTP reply, e.g. ``5.7.8 Authentication credentials invalid``).
+    """
 
     status: int
     count: int = 1
     retry_after: int | None = None
+    probability: float | None = None
+    until_cleared: bool = False
+    message: str | None = None
+
+    @property
+    def spent(self) -> bool:
+        return not self.until_cleared and self.count <= 0
 
 
 class Store:
@@ -59,18 +77,35 @@ class Store:
         self.messages.clear()
         self.faults.clear()
 
+    def list_after(self, after: int = 0, provider: str | None = None) -> list[dict[str, Any]]:
+        """The messages with an id above ``after``, briefly (see ``Received.brief``)."""
+        return [m.brief() for m in self.messages if m.id > after and provider in (None, m.provider)]
+
     def inject(self, provider: str, fault: Fault) -> None:
         self.faults.setdefault(provider, []).append(fault)
 
+    def clear_faults(self, provider: str | None = None, status: int | None = None) -> int:
+        """Remove the faults of ``provider`` (every provider when None), only those of ``status`` if given; how many."""
+        removed = 0
+        for name in [provider] if provider is not None else list(self.faults):
+            queue = self.faults.get(name) or []
+            kept = [f for f in queue if status is not None and f.status != status]
+            removed += len(queue) - len(kept)
+            if kept:
+                self.faults[name] = kept
+            else:
+                self.faults.pop(name, None)
+        return removed
+
     def take_fault(self, provider: str) -> Fault | None:
-        """The fault to apply to this request, if any (each counts down)."""
+        """The fault to apply to this request, if any: the first in line that hits (each counts down)."""
         queue = self.faults.get(provider) or []
-        while queue:
-            fault = queue[0]
-            if fault.count <= 0:
-                queue.pop(0)
+        queue[:] = [f for f in queue if not f.spent]
+        for fault in queue:
+            if fault.probability is not None and random.random() >= fault.probability:
                 continue
-            fault.count -= 1
+            if not fault.until_cleared:
+                fault.count -= 1
             return fault
         return None
 

@@ -95,11 +95,15 @@ async def create_message(account_sid: str, request: Request) -> JSONResponse:
         return _error(401, 20003, "Authenticate", headers={"WWW-Authenticate": 'Basic realm="Twilio API"'})
     fault = store.take_fault(PROVIDER)
     if fault is not None:
-        if fault.status == 0:
-            await asyncio.sleep(3600)
+        if fault.status == 0:  # hang until the client gives up (or two minutes pass)
+            for _ in range(600):
+                if await request.is_disconnected():
+                    break
+                await asyncio.sleep(0.2)
+            return _error(504, 20500, "Injected hang")
         headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after else None
         code = {429: 20429, 401: 20003, 404: 20404}.get(fault.status, 20500 if fault.status >= 500 else 21211)
-        return _error(fault.status, code, f"Injected fault {fault.status}", headers=headers)
+        return _error(fault.status, code, fault.message or f"Injected fault {fault.status}", headers=headers)
     form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
     to, sender, body = form.get("To", ""), form.get("From", ""), form.get("Body", "")
     if not to:
