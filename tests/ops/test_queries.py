@@ -56,7 +56,10 @@ async def exported(infra):
     pages = {}
     async with contextlib.AsyncExitStack() as stack:
         for create_app, settings_cls in SERVICES:
-            settings = settings_for(settings_cls, infra, namespace)
+            # Six services in this one process and event loop: no lag collector (it describes every topic of the
+            # session's broker) and no metadata refresh each second (the router's pattern subscription reads every
+            # topic's metadata), or the loop starves and the consumers' heartbeats miss their 2 s session.
+            settings = settings_for(settings_cls, infra, namespace, consumer_lag_interval_seconds=0, kafka_metadata_max_age_ms=60_000)
             client = await stack.enter_async_context(running(create_app(settings)))
             response = await client.get("/metrics/")
             assert response.status_code == 200
