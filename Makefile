@@ -5,12 +5,11 @@ BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install system-deps run test test-fast chaos lock schemas migrate topics clean help bench-router bench-email bench-inapp
+.PHONY: install system-deps run test test-fast lock schemas migrate topics clean help bench-router bench-email bench-inapp
 
 help:
 	@echo "make run     start Kafka (embedded), PostgreSQL, Redis, every service and the sandbox"
 	@echo "make test    the whole test suite against a real broker, PostgreSQL and Redis"
-	@echo "make chaos   faults under load (SIGKILL, SIGTERM, PostgreSQL/Redis restarts, provider errors, outages, poison); report in .artifacts/chaos.md"
 	@echo "make schemas regenerate schemas/ from the models"
 	@echo "make lock    re-pin requirements.lock (tests too) and requirements.runtime.lock (the image) from pyproject.toml"
 	@echo "make bench-router / bench-email / bench-inapp   print throughput and latency figures"
@@ -42,10 +41,6 @@ test: install system-deps
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not browser"
-
-# Its own PostgreSQL, Redis and broker on free ports; about 30 minutes. CHAOS_ARGS="--only sigkill" runs one scenario.
-chaos: install system-deps
-	$(BIN)/python scripts/chaos.py $(CHAOS_ARGS)
 
 schemas: install
 	$(BIN)/herald schemas
