@@ -136,8 +136,8 @@ async def test_the_inbox_page_filters_loads_more_deletes_and_clears(infra, brows
         await expect(rows).to_have_count(20, timeout=TIMEOUT_MS)
         await expect(rows.first).to_contain_text("A message")
         await inbox.locator("button.more").click()
-        await expect(rows).to_have_count(23)
-        await expect(inbox.locator("button.more")).to_be_hidden()
+        await expect(rows).to_have_count(23, timeout=TIMEOUT_MS)
+        await expect(inbox.locator("button.more")).to_be_hidden(timeout=TIMEOUT_MS)  # the next page answered "no more"
         ARTIFACTS.mkdir(exist_ok=True)
         await page.evaluate("window.scrollTo(0, 0)")
         await page.screenshot(path=str(ARTIFACTS / "inapp-inbox.png"))
