@@ -272,9 +272,9 @@ async def test_a_redelivered_copy_of_a_finished_notification_republishes_its_rec
 
 async def test_retries_go_on_until_the_window_closes_then_to_dlq(infra, sender, db, ledger_schema):
     provider = ScriptedProvider(*[TransientError("http_503")] * 1000)
-    settings, app = await sender(provider, retry_base_seconds=0.05, retry_cap_seconds=0.2, settings_overrides={"retry_window_seconds": 2.0})
+    settings, app = await sender(provider, retry_base_seconds=0.05, retry_cap_seconds=0.2, settings_overrides={"retry_window_seconds": 6.0})
     async with app:
-        d = dispatch()  # routed now: its window starts here
+        d = dispatch()  # routed now: its window starts here (long enough for the retry lane's consumer to join first)
         await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode())
         async with TopicReader(infra.kafka_bootstrap, settings.dlq_topic) as dlq:
             [dead] = await dlq.wait_for(1, timeout=30)
