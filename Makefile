@@ -30,8 +30,9 @@ $(STAMP): requirements.lock pyproject.toml
 system-deps:
 	@bash scripts/system-deps.sh
 
+# The local platform is the development environment (sandbox providers, demo pages); the default is production.
 run: install
-	$(BIN)/herald run
+	HERALD_ENVIRONMENT=$${HERALD_ENVIRONMENT:-development} $(BIN)/herald run
 
 # The pure tests (no broker, database, Redis or process) also run with the clock a year ahead and a
 # year back, so that no test or decision depends on the day it runs; the whole suite runs on real time.

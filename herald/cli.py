@@ -20,6 +20,12 @@ from .drain import RUN_DRAIN_SECONDS
 from .stack import ROOT, SANDBOX, SERVICES, Stack, port_of
 
 RUN_DIR = ROOT / ".run"
+
+
+class ToolSettings(HeraldSettings):
+    """Settings of the operator commands: they serve nothing, so a production setting without its secrets is fine."""
+
+    refuses_unsafe_production = False
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.local.yml"
 
 
@@ -153,7 +159,9 @@ def drain_stack(stack: Stack, settings: HeraldSettings, *, timeout: float) -> No
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Everything `make run` does after installing."""
-    settings = HeraldSettings()
+    # The local platform (embedded broker, sandbox providers, demo pages) is development unless told otherwise.
+    os.environ.setdefault("HERALD_ENVIRONMENT", "development")
+    settings = HeraldSettings.load()
     env = dict(os.environ)
     env.setdefault("HERALD_PUSH_DEV_HOSTS", f"127.0.0.1:{port_of(SANDBOX, env)}")
     # Email: the sandbox's SMTP server and Resend stand-in, and unsubscribe links that reach this email service.
@@ -241,14 +249,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    settings = HeraldSettings()
+    settings = ToolSettings()
     for line in asyncio.run(migrate(settings.database_url)):
         print(f"applied {line}")
     return 0
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    for topic in asyncio.run(create_topics(HeraldSettings())):
+    for topic in asyncio.run(create_topics(ToolSettings())):
         print(f"created {topic}")
     return 0
 
@@ -276,7 +284,7 @@ def cmd_env_example(args: argparse.Namespace) -> int:
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     from .dlq import replay
 
-    count = asyncio.run(replay(HeraldSettings(), stage=args.stage, reason=args.reason, dry_run=args.dry_run))
+    count = asyncio.run(replay(ToolSettings(), stage=args.stage, reason=args.reason, dry_run=args.dry_run))
     print(f"{'would replay' if args.dry_run else 'replayed'} {count} message(s)")
     return 0
 
@@ -286,7 +294,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     import jwt
 
-    settings = HeraldSettings()
+    settings = ToolSettings()
     if settings.jwt_secret is None:
         print("herald: tokens can only be minted with HERALD_JWT_SECRET", file=sys.stderr)
         return 1
@@ -303,7 +311,7 @@ def cmd_channel(args: argparse.Namespace) -> int:
 
     from shared._breaker import hold_key, resume_key
 
-    settings = HeraldSettings()
+    settings = ToolSettings()
     prefix = settings.control_prefix()
     client = redis.Redis.from_url(settings.redis_url)
     try:

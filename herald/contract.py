@@ -34,7 +34,8 @@ def asyncapi_documents() -> dict[str, str]:
     files = {}
     for spec in SERVICES:
         module = importlib.import_module(spec.app.split(":")[0])
-        app = module.create_app()
+        settings = importlib.import_module(spec.app.split(":")[0].rsplit(".", 1)[0] + ".settings").Settings
+        app = module.create_app(settings(environment="development"))  # built to be described, never served
         broker = app.state.resources.broker
         document = AsyncAPI(broker, title=f"Herald {spec.name}", version="0.1.0").to_specification().to_jsonable()
         files[f"asyncapi/{spec.name}.json"] = _dump(document)

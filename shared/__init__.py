@@ -36,7 +36,7 @@ from ._models import (
 from ._ratelimit import Grant, Limit, RateLimiter
 from ._sender import Clock, Deliver, Ledger, SenderPipeline, retry_delay
 from ._templates import MessageTemplates, TemplateError, local_times
-from ._settings import CommaList, HeraldSettings, split_commas
+from ._settings import CommaList, HeraldSettings, Secret, UnsafeProductionSettings, looks_like_placeholder, split_commas, url_password
 
 __all__ = [
     "NOTIFICATION_NAMESPACE",
@@ -56,6 +56,10 @@ __all__ = [
     "Dispatch",
     "HeraldError",
     "HeraldSettings",
+    "Secret",
+    "UnsafeProductionSettings",
+    "url_password",
+    "looks_like_placeholder",
     "InvalidMessage",
     "Limit",
     "KafkaResources",

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from ._db import create_pool
 from ._kafka import make_broker
 from ._lag import consumer_lag
+from ._limits import BodyLimit, body_limits
 from ._logging import configure_logging
 from ._metrics import Metrics
 from ._openapi import complete_openapi
@@ -46,10 +47,10 @@ class Resources:
 
 
 class Readiness(BaseModel):
-    """Each dependency's check: ``ok`` or why it failed."""
+    """Each dependency's check, ``ok`` or ``failing``; why it failed goes to the logs and ``herald_dependency_up``."""
 
     status: Literal["ready", "not ready"]
-    checks: dict[str, str]
+    checks: dict[str, Literal["ok", "failing"]]
 
 
 class OutageBackoff:
@@ -64,6 +65,7 @@ class OutageBackoff:
         self.failures += 1
         pause = min(self.max_pause, 0.5 * 2 ** min(self.failures - 1, 10))
         res.problems[self.name] = f"{type(exc).__name__}: {exc}"[:300]
+        res.metrics.dependency_up.labels(self.name).set(0)
         log.warning("%s: a dependency is down (%s); batch handed back, trying again in %.1fs", self.name, exc, pause)
         await asyncio.sleep(pause)
         return pause
@@ -72,7 +74,8 @@ class OutageBackoff:
         if self.failures:
             log.info("%s: dependencies are back after %d failed batch(es)", self.name, self.failures)
         self.failures = 0
-        res.problems.pop(self.name, None)
+        if res.problems.pop(self.name, None) is not None:
+            res.metrics.dependency_up.labels(self.name).set(1)
 
 
 def _resources(request: Request) -> Resources:
@@ -165,6 +168,8 @@ def create_service(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    reported: dict[str, str] = {}  # what the last probe found failing, so each change is logged once
+
     @app.get(
         "/readyz",
         tags=["operations"],
@@ -184,13 +189,25 @@ def create_service(
             _check("postgres", pg, 2.5),
             _check("redis", resources.redis.ping, 2.5),
         )
-        checks = {name: error or "ok" for name, error in results}
-        checks.update(resources.problems)  # outages the handlers are waiting out
-        ready = all(error is None for _, error in results) and not resources.problems
+        failing = {name: error for name, error in results if error is not None} | resources.problems  # and outages being waited out
+        for name, _ in results:
+            resources.metrics.dependency_up.labels(name).set(0 if name in failing else 1)
+        for name, error in failing.items():
+            if reported.get(name) != error:  # once per change, not on every probe
+                log.warning("not ready: %s: %s", name, error)
+        for name in set(reported) - set(failing):
+            log.info("ready again: %s", name)
+        reported.clear()
+        reported.update(failing)
+        # Only names and ok/failing: hosts, versions and exception text stay in the logs and metrics.
+        checks = {name: "failing" if name in failing else "ok" for name in [n for n, _ in results] + list(resources.problems)}
+        ready = not failing
         return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
 
     if api is not None:
         app.include_router(api)
     app.mount("/metrics", make_asgi_app(registry))
+    # Outermost but for the error middleware: an oversized body is refused before anything parses or authenticates it.
+    app.add_middleware(BodyLimit, limits=body_limits(settings.max_body_bytes, settings.body_limit_table()))
     complete_openapi(app)
     return app

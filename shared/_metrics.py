@@ -91,6 +91,12 @@ class Metrics:
             ["channel", "state"],
             registry=registry,
         )
+        self.dependency_up = Gauge(
+            "herald_dependency_up",
+            "1 while a dependency (kafka, postgres, redis) answers and a handler is not waiting out an outage (<name>-delivery…), else 0",
+            ["dependency"],
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "herald_consumer_lag",
             "Messages not yet consumed, by consumer group, topic and partition",

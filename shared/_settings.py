@@ -3,16 +3,62 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, ClassVar, Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
 
-_PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "dev-only-jwt-secret-change-me-in-production"}
 DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-in-production"
 DEV_API_KEYS = "dev=dev-api-key-change-me"
+
+#: What placeholders look like: the shipped examples' REPLACE_ME, "change me", the development defaults.
+_PLACEHOLDER = re.compile(
+    r"replace[-_ ]?me|change[-_ ]?(me|this|it)|dev[-_ ]?only|sandbox|placeholder|example|your[-_ ]|secret[-_ ]?here|^(password|secret|test|dev)$",
+    re.IGNORECASE,
+)
+#: A random secret of 16 characters or more shows at least this many different characters.
+_MIN_DISTINCT = 8
+
+
+def looks_like_placeholder(value: str) -> bool:
+    """Whether ``value`` is one of the shipped placeholders or development defaults."""
+    return bool(_PLACEHOLDER.search(value))
+
+
+@dataclass(frozen=True)
+class Secret:
+    """One secret a service uses in production: its setting, its value (None: unset) and how long it must be."""
+
+    env: str
+    value: str | None
+    min_length: int = 32
+    required: bool = True
+
+    def problem(self) -> str | None:
+        """Why this secret is not fit for production, or None."""
+        value = (self.value or "").strip()
+        if not value:
+            return f"{self.env} is empty; set it" if self.required else None
+        if _PLACEHOLDER.search(value):
+            return f"{self.env} holds a placeholder; set the real value"
+        if len(value) < self.min_length:
+            return f"{self.env} is shorter than {self.min_length} characters; use a longer random value"
+        if self.min_length >= 16 and len(set(value)) < _MIN_DISTINCT:
+            return f"{self.env} has fewer than {_MIN_DISTINCT} different characters, not a random value; generate one (python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        return None
+
+
+class UnsafeProductionSettings(ValueError):
+    """A production start refused: each problem names the setting to fix."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("refusing to start in production: " + "; ".join(problems))
 
 
 def split_commas(value: object) -> object:
@@ -27,8 +73,12 @@ class HeraldSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HERALD_", extra="ignore", validate_default=True)
 
+    #: False only for operator tools that read settings without serving (``herald migrate``, ``herald topics``…).
+    refuses_unsafe_production: ClassVar[bool] = True
+
     service_name: str = "herald"
-    environment: Literal["development", "test", "production"] = "development"
+    # production unless chosen otherwise: `make run`, `make test`, the benchmarks and the sandbox choose theirs
+    environment: Literal["development", "test", "production"] = "production"
     host: str = "127.0.0.1"
     port: int = 8100
     log_level: str = "INFO"
@@ -73,6 +123,8 @@ class HeraldSettings(BaseSettings):
     router_url: str = "http://127.0.0.1:8102"  # services that change preferences call the router's API here
 
     concurrency: int = Field(default=64, ge=1)
+    max_body_bytes: int = Field(default=65_536, ge=1024)  # a larger request body is refused with 413 while it is read
+    body_limits: CommaList = []  # routes with their own limit: "path-prefix=bytes,…" (the longest prefix wins)
 
     # Delivery (senders): docs/reliability.md
     retry_window_seconds: float = Field(default=1800.0, gt=0)  # how long a normal notification is retried, from when it was routed
@@ -108,25 +160,67 @@ class HeraldSettings(BaseSettings):
     def retry_tiers_seconds(self) -> list[int]:
         return [int(v) for v in self.retry_tiers]
 
+    @field_validator("body_limits", mode="before")
+    @classmethod
+    def _split_limits(cls, value: object) -> object:
+        return split_commas(value)
+
+    @field_validator("body_limits")
+    @classmethod
+    def _check_limits(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            prefix, sep, size = entry.partition("=")
+            if not sep or not prefix.startswith("/") or not size.strip().isdigit() or int(size) < 1024:
+                raise ValueError(f"HERALD_BODY_LIMITS entry {entry!r} is not of the form /path-prefix=bytes (1024 or more)")
+        return value
+
+    def body_limit_table(self) -> dict[str, int]:
+        """``HERALD_BODY_LIMITS`` as ``{path prefix: bytes}``."""
+        return {prefix.strip(): int(size) for prefix, _, size in (entry.partition("=") for entry in self.body_limits)}
+
     @field_validator("frontend_url", "public_url", "router_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
     @model_validator(mode="after")
-    def _refuse_placeholder_secrets(self) -> HeraldSettings:
-        if self.environment != "production":
-            return self
-        if self.jwt_public_key is None:
-            secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
-            if secret in _PLACEHOLDER_SECRETS or len(secret) < 32:
-                raise ValueError(
-                    "HERALD_JWT_SECRET is a placeholder or shorter than 32 characters; "
-                    "set a real secret (or HERALD_JWT_PUBLIC_KEY) in production"
-                )
-        if self.api_keys.get_secret_value() in {DEV_API_KEYS, ""}:
-            raise ValueError("HERALD_API_KEYS still holds the development key; set real keys in production")
+    def _refuse_unsafe_production(self) -> HeraldSettings:
+        if self.environment == "production" and self.refuses_unsafe_production:
+            problems = [problem for secret in self.production_secrets() if (problem := secret.problem())]
+            if problems:
+                raise UnsafeProductionSettings(problems)
         return self
+
+    def production_secrets(self) -> Iterator[Secret]:
+        """Every secret this service uses, as production must have it; services add theirs."""
+        if self.jwt_public_key is None:
+            value = self.jwt_secret.get_secret_value() if self.jwt_secret else None
+            yield Secret("HERALD_JWT_SECRET (or HERALD_JWT_PUBLIC_KEY)", value)
+        raw = self.api_keys.get_secret_value().strip()
+        if not raw:
+            yield Secret("HERALD_API_KEYS", None)
+        for pair in split_commas(raw):  # type: ignore[union-attr]
+            name, _, key = pair.partition("=")
+            yield Secret(f"HERALD_API_KEYS entry {name.strip()!r}", key, min_length=32)
+        yield from url_password("HERALD_DATABASE_URL", self.database_url)
+        yield from url_password("HERALD_REDIS_URL", self.redis_url)
+
+    @classmethod
+    def load(cls, **values: object) -> Self:
+        """Settings for a service starting: a refused production start exits with what to fix, not a traceback."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            lines: list[str] = []
+            for error in exc.errors():
+                cause = error.get("ctx", {}).get("error")
+                if isinstance(cause, UnsafeProductionSettings):
+                    lines += cause.problems
+                else:
+                    field = ".".join(str(p) for p in error["loc"])
+                    lines.append(f"HERALD_{field.upper()}: " * bool(field) + error["msg"].removeprefix("Value error, "))
+            name = cls.model_fields["service_name"].default
+            raise SystemExit(f"herald {name}: refusing to start; fix these settings:\n" + "\n".join(f"  - {line}" for line in lines)) from None
 
     def api_key_table(self) -> dict[str, str]:
         """The configured service keys as ``{name: key}``."""
@@ -176,3 +270,13 @@ class HeraldSettings(BaseSettings):
 
     def group_id(self, name: str) -> str:
         return f"{self.kafka_group_prefix}-{name}"
+
+
+def url_password(env: str, url: str) -> Iterator[Secret]:
+    """A connection URL's password, when it has one: a placeholder there is refused like any secret."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return
+    if password is not None:
+        yield Secret(f"{env} (its password)", password, min_length=1)

@@ -18,6 +18,9 @@ from herald.cli import fresh_database
 from . import support
 from .support import Infra, new_namespace, test_id
 
+# The suite runs as the `test` environment, chosen here (the default is production); tests of the default unset it.
+os.environ["HERALD_ENVIRONMENT"] = "test"
+
 ARTIFACTS = Path(__file__).resolve().parent.parent / ".artifacts"
 
 #: Fixtures that connect to the session's broker, PostgreSQL or Redis (every such fixture depends on one).

@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import secrets
 import threading
 import time
 import uuid
@@ -63,6 +64,11 @@ def settings_for(cls: type[S], infra: Infra, namespace: str, **overrides: Any) -
     values = {k.removeprefix("HERALD_").lower(): v for k, v in infra.env(namespace).items()}
     values.update(overrides)
     return cls(**values)
+
+
+def production(**more: Any) -> dict[str, Any]:
+    """Settings values of a production instance with real (random) shared secrets; add a service's own in ``more``."""
+    return {"environment": "production", "jwt_secret": secrets.token_urlsafe(32), "api_keys": f"svc={secrets.token_urlsafe(32)}", **more}
 
 
 async def make_topics(settings: HeraldSettings) -> None:

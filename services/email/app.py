@@ -17,7 +17,7 @@ from .settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = settings or Settings.load()
     templates = EmailTemplates()
     return create_service(
         settings,

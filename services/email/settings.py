@@ -1,11 +1,12 @@
+from collections.abc import Iterator
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 
-from shared import HeraldSettings
+from shared import HeraldSettings, Secret
 
 DEV_UNSUBSCRIBE_SECRET = "dev-only-unsubscribe-secret-change-me-in-production"
-_PLACEHOLDERS = {"", "changethis", "change-me", DEV_UNSUBSCRIBE_SECRET}
+DEV_RESEND_KEY = "re_dev_sandbox_key"
 
 
 class Settings(HeraldSettings):
@@ -32,7 +33,7 @@ class Settings(HeraldSettings):
     smtp_pool_size: int = Field(default=64, ge=1)  # open connections kept to the relay
 
     resend_api_base: str = "http://127.0.0.1:8110"
-    resend_api_key: SecretStr = SecretStr("re_dev_sandbox_key")
+    resend_api_key: SecretStr = SecretStr(DEV_RESEND_KEY)
     resend_timeout_seconds: float = Field(default=10.0, gt=0)
     resend_max_connections: int = Field(default=128, ge=1)  # open HTTP connections to the API
 
@@ -46,13 +47,16 @@ class Settings(HeraldSettings):
     def _strip(cls, value: str) -> str:
         return value.rstrip("/")
 
-    @model_validator(mode="after")
-    def _refuse_placeholder_unsubscribe_secret(self) -> "Settings":
-        if self.environment == "production":
-            secret = self.unsubscribe_secret.get_secret_value()
-            if secret in _PLACEHOLDERS or len(secret) < 32:
-                raise ValueError("HERALD_UNSUBSCRIBE_SECRET is a placeholder or shorter than 32 characters; set a real secret in production")
-        return self
+    def production_secrets(self) -> Iterator[Secret]:
+        yield from super().production_secrets()
+        yield Secret("HERALD_UNSUBSCRIBE_SECRET", self.unsubscribe_secret.get_secret_value())
+        resend = self.resend_api_key.get_secret_value()
+        if self.email_provider == "resend" or resend != DEV_RESEND_KEY:  # unused but set: still no placeholder
+            yield Secret("HERALD_RESEND_API_KEY", resend, min_length=20, required=self.email_provider == "resend")
+        smtp = self.smtp_password.get_secret_value() if self.smtp_password else None
+        yield Secret("HERALD_SMTP_PASSWORD", smtp, min_length=8, required=self.email_provider == "smtp" and bool(self.smtp_username))
+        if self.router_api_key is not None:
+            yield Secret("HERALD_ROUTER_API_KEY", self.router_api_key.get_secret_value())
 
     def router_key(self) -> str:
         """The API key this service presents to the router."""

@@ -118,19 +118,6 @@ def _openapi(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) one over ``limit`` bytes without reading it all."""
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise logic.Refusal(413, f"the body is larger than {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise logic.Refusal(413, f"the body is larger than {limit} bytes")
-    return bytes(body)
-
-
 def in_flight(event: CloudEvent) -> logic.Refusal:
     return logic.Refusal(409, f"event {event.id!r} from {event.source!r} is being published right now; retry shortly", retry_after=1)
 
@@ -169,7 +156,7 @@ def build_api(settings: Settings) -> APIRouter:
     )
     async def publish_events(request: Request, producer: CurrentProducer, res: AppResources) -> JSONResponse:
         mode = logic.mode_of(request.headers.get("content-type"), request.headers)
-        body = await read_body(request, settings.max_body_bytes)
+        body = await request.body()  # bounded by HERALD_MAX_BODY_BYTES (shared BodyLimit)
         if mode is logic.Mode.binary:
             raws, is_batch = [logic.from_binary(request.headers, request.headers.get("content-type"), body)], False
         else:

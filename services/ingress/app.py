@@ -50,7 +50,7 @@ def _intake_control(app_state: dict):  # noqa: ANN202 - a hook factory for creat
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = settings or Settings.load()
     intake: dict = {"closed": False}
     app = create_service(
         settings,

@@ -1,8 +1,9 @@
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 
-from shared import CommaList, HeraldSettings, split_commas
+from shared import CommaList, HeraldSettings, Secret, split_commas
 
 WEBHOOK_MAPPING = Path(__file__).with_name("webhooks.yaml")
 
@@ -12,7 +13,7 @@ class Settings(HeraldSettings):
     port: int = 8101
 
     max_batch: int = Field(default=500, ge=1, description="Most events in one batch request")
-    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger request bodies are refused with 413")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger request bodies (events, webhooks) are refused with 413")
     # The producer drops a record it could not deliver within the request timeout, and ingress waits for that
     # verdict (plus a margin, see ``publish_wait_seconds``), so a 503 means the record is gone, not queued to be
     # written later. Shorter than the shared default so callers hear "retry" within seconds.
@@ -38,6 +39,15 @@ class Settings(HeraldSettings):
     def publish_wait_seconds(self) -> float:
         """How long to wait for Kafka's acknowledgement: past the producer's own request timeout."""
         return self.kafka_request_timeout_ms / 1000 + 5
+
+    def production_secrets(self) -> Iterator[Secret]:
+        yield from super().production_secrets()
+        # unset: that webhook is off (answers 404); set, it must be the provider's real signing secret
+        stripe = self.stripe_webhook_secret.get_secret_value() if self.stripe_webhook_secret else None
+        yield Secret("HERALD_STRIPE_WEBHOOK_SECRET", stripe, min_length=24, required=False)
+        for pair in split_commas(self.webhook_secrets.get_secret_value()):  # type: ignore[union-attr]
+            partner, _, secret = pair.partition("=")
+            yield Secret(f"HERALD_WEBHOOK_SECRETS entry {partner.strip()!r}", secret, min_length=24)
 
     def webhook_secret_table(self) -> dict[str, str]:
         """The Standard Webhooks partners' signing secrets as ``{partner: secret}``."""

@@ -16,7 +16,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from shared import AppResources, CloudEvent
 
 from . import intake, logic
-from .api import COMMON_ERRORS, Problem, in_flight, problem, read_body
+from .api import COMMON_ERRORS, Problem, in_flight, problem
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def build_webhooks(settings: Settings) -> APIRouter:
     async def stripe_webhook(request: Request, res: AppResources) -> WebhookReceipt:
         if settings.stripe_webhook_secret is None:
             raise logic.Refusal(404, "Stripe webhooks are not configured (HERALD_STRIPE_WEBHOOK_SECRET)")
-        body = await read_body(request, settings.max_body_bytes)
+        body = await request.body()  # bounded by HERALD_MAX_BODY_BYTES (shared BodyLimit)
         try:
             stripe.Webhook.construct_event(
                 body, request.headers.get("stripe-signature"), settings.stripe_webhook_secret.get_secret_value(),
@@ -147,7 +147,7 @@ def build_webhooks(settings: Settings) -> APIRouter:
         mapping, verifier = partners.get(partner), verifiers.get(partner)
         if mapping is None or verifier is None:
             raise logic.Refusal(404, f"no Standard Webhooks partner {partner!r} is configured")
-        body = await read_body(request, settings.max_body_bytes)
+        body = await request.body()  # bounded by HERALD_MAX_BODY_BYTES (shared BodyLimit)
         try:
             verifier.verify(body, dict(request.headers), json_parse=False)
         except (WebhookVerificationError, ValueError) as exc:

@@ -43,7 +43,7 @@ class PushMetrics:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = settings or Settings.load()
     key = settings.vapid_private_key.get_secret_value() if settings.vapid_private_key else None
     vapid, generated = load_vapid(key)
 

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from shared import CommaList, HeraldSettings, split_commas
+from shared import CommaList, HeraldSettings, Secret, looks_like_placeholder, split_commas
 
 #: The public Web Push services: Chrome/Edge-on-Android (FCM), Firefox (autopush), Safari (Apple), Edge on Windows (WNS).
 DEFAULT_PUSH_HOSTS = ["fcm.googleapis.com", "updates.push.services.mozilla.com", "web.push.apple.com", "*.notify.windows.com"]
@@ -45,7 +46,7 @@ class Settings(HeraldSettings):
     @field_validator("vapid_private_key")
     @classmethod
     def _loadable(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
+        if value is not None and not looks_like_placeholder(value.get_secret_value()):  # a placeholder: refused with the other secrets
             from py_vapid import Vapid
 
             try:
@@ -59,6 +60,9 @@ class Settings(HeraldSettings):
         if self.environment == "production":
             if self.push_dev_hosts:
                 raise ValueError("HERALD_PUSH_DEV_HOSTS is for development only; leave it empty in production")
-            if self.vapid_private_key is None:
-                raise ValueError("HERALD_VAPID_PRIVATE_KEY is required in production")
         return self
+
+    def production_secrets(self) -> Iterator[Secret]:
+        yield from super().production_secrets()
+        # a value that is set is a loadable P-256 key (checked above); unset, no push service would accept Herald
+        yield Secret("HERALD_VAPID_PRIVATE_KEY", self.vapid_private_key.get_secret_value() if self.vapid_private_key else None, min_length=1)

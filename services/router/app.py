@@ -36,7 +36,7 @@ async def prune_trace_forever(res: Resources, settings: Settings) -> None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = settings or Settings.load()
     catalogue = load_catalogue(settings.catalogue_path)
 
     @contextlib.asynccontextmanager

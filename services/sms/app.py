@@ -27,7 +27,7 @@ TEMPLATES = Path(__file__).with_name("templates")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = settings or Settings.load()
     delivery = SmsDelivery(settings, MessageTemplates(TEMPLATES), SmsLedger())
 
     @contextlib.asynccontextmanager

@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+from collections.abc import Iterator
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 
-from shared import CommaList, HeraldSettings, split_commas
+from shared import CommaList, HeraldSettings, Secret, split_commas
 
 DEV_TWILIO_TOKEN = "sandbox-auth-token"
+_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 
 
 class Settings(HeraldSettings):
@@ -66,16 +69,15 @@ class Settings(HeraldSettings):
     def _upper(cls, value: list[str]) -> list[str]:
         return [c.upper() for c in value]
 
-    @model_validator(mode="after")
-    def _real_secrets_in_production(self) -> Settings:
-        if self.environment == "production":
-            # Empty means SMS is not configured (sends fail and wait in dlq; callbacks are refused); a placeholder is a mistake.
-            if self.twilio_auth_token.get_secret_value().strip().lower() in {DEV_TWILIO_TOKEN, "replace_me", "changethis", "change-me"}:
-                raise ValueError("HERALD_TWILIO_AUTH_TOKEN is a placeholder; set the account's auth token in production")
-            secret = self.verify_code_secret.get_secret_value() if self.verify_code_secret else None
-            if secret and len(secret) < 32:
-                raise ValueError("HERALD_VERIFY_CODE_SECRET is shorter than 32 characters; set a real one or leave it unset")
-        return self
+    def production_secrets(self) -> Iterator[Secret]:
+        yield from super().production_secrets()
+        sid = self.twilio_account_sid.strip()
+        if not _ACCOUNT_SID.fullmatch(sid) or set(sid[2:]) == {"0"}:
+            sid = ""  # the development default or not a Twilio account SID at all
+        yield Secret("HERALD_TWILIO_ACCOUNT_SID (AC and 32 hexadecimal digits)", sid, min_length=34)
+        yield Secret("HERALD_TWILIO_AUTH_TOKEN", self.twilio_auth_token.get_secret_value())
+        secret = self.verify_code_secret.get_secret_value() if self.verify_code_secret else None
+        yield Secret("HERALD_VERIFY_CODE_SECRET", secret, required=False)
 
     def price_table(self) -> dict[str, float]:
         """``sms_prices_usd`` as ``{country: price per segment}``."""

@@ -1,5 +1,6 @@
 """Pure decisions of the email sender."""
 
+import secrets
 from datetime import UTC, datetime, timedelta
 
 import jwt
@@ -22,6 +23,8 @@ from services.email.logic import (
 )
 from services.email.settings import Settings
 from shared import Category, Misconfigured, PermanentError, TransientError
+
+from ..support import production
 
 SECRET = "a-test-unsubscribe-secret-long-enough-for-every-hmac-algorithm-0123456789"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -176,12 +179,25 @@ def test_event_data_gets_every_field_of_its_model():
 
 
 def test_production_refuses_a_placeholder_unsubscribe_secret():
-    real = {"environment": "production", "jwt_secret": "x" * 40, "api_keys": "router=" + "k" * 40}
-    with pytest.raises(ValueError, match="UNSUBSCRIBE_SECRET"):
-        Settings(**real)
-    with pytest.raises(ValueError, match="UNSUBSCRIBE_SECRET"):
-        Settings(**real, unsubscribe_secret="short")
-    assert Settings(**real, unsubscribe_secret="s" * 40).unsubscribe_secret.get_secret_value() == "s" * 40
+    real, secret = production(), secrets.token_urlsafe(32)
+    for placeholder in (None, "short", "REPLACE_ME", "s" * 40):
+        with pytest.raises(ValueError, match="HERALD_UNSUBSCRIBE_SECRET"):
+            Settings(**real, **({"unsubscribe_secret": placeholder} if placeholder is not None else {}))
+    assert Settings(**real, unsubscribe_secret=secret).unsubscribe_secret.get_secret_value() == secret
+
+
+def test_production_checks_the_providers_credentials_it_uses():
+    real = production(unsubscribe_secret=secrets.token_urlsafe(32))
+    assert Settings(**real, email_provider="smtp").email_provider == "smtp"  # the unused Resend default is not in the way
+    with pytest.raises(ValueError, match="HERALD_RESEND_API_KEY"):
+        Settings(**real, email_provider="resend")  # its development default
+    with pytest.raises(ValueError, match="HERALD_RESEND_API_KEY"):
+        Settings(**real, email_provider="smtp", resend_api_key="REPLACE_ME")  # set, though unused: still not a placeholder
+    assert Settings(**real, email_provider="resend", resend_api_key="re_" + secrets.token_urlsafe(24)).email_provider == "resend"
+    with pytest.raises(ValueError, match="HERALD_SMTP_PASSWORD"):
+        Settings(**real, smtp_username="herald")
+    with pytest.raises(ValueError, match="HERALD_ROUTER_API_KEY"):
+        Settings(**real, router_api_key="change-me")
 
 
 def test_the_router_key_defaults_to_the_first_service_key():

@@ -44,7 +44,7 @@ async def open_stream(client: httpx.AsyncClient, url: str, headers: dict[str, st
 
 
 async def main(args: argparse.Namespace) -> None:
-    settings = Settings()
+    settings = Settings(environment="development")  # against `make run`'s inapp service
     templates = MessageTemplates(TEMPLATES)
     pool = await create_pool(settings.database_url, min_size=2, max_size=8)
     redis = Redis.from_url(settings.redis_url)

@@ -9,7 +9,7 @@ from services.inapp.app import create_app
 from services.inapp.settings import Settings
 from shared import decode_user_token
 
-from ..support import running, settings_for
+from ..support import production, running, settings_for
 
 
 async def test_the_widget_script_is_served_as_a_module(client):
@@ -36,7 +36,7 @@ async def test_the_demo_refuses_a_user_id_that_could_inject_markup(client):
 
 
 async def test_the_demo_is_not_served_in_production(infra, namespace):
-    settings = settings_for(Settings, infra, namespace, environment="production", jwt_secret="p" * 40, api_keys="svc=" + "k" * 32)
+    settings = settings_for(Settings, infra, namespace, **production())
     async with running(create_app(settings)) as client:
         assert (await client.get("/demo")).status_code == 404
         assert (await client.get("/demo/inbox")).status_code == 404

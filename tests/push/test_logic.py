@@ -18,6 +18,8 @@ from services.push.settings import DEFAULT_PUSH_HOSTS, Settings
 
 ALLOWED = DEFAULT_PUSH_HOSTS
 
+from ..support import production
+
 
 def check(url: str, dev: list[str] | None = None) -> logic.Endpoint:
     return logic.check_endpoint(url, allowed_hosts=ALLOWED, dev_hosts=dev or [])
@@ -218,7 +220,11 @@ def test_settings_read_comma_separated_hosts_and_refuse_dev_hosts_in_production(
     with pytest.raises(ValueError, match="not a base64url P-256 private key"):
         Settings(vapid_private_key="not-a-key")
     with pytest.raises(ValueError, match="development only"):
-        Settings(environment="production", jwt_secret="x" * 40, api_keys="svc=" + "k" * 30, vapid_private_key=base64.urlsafe_b64encode(os.urandom(32)).decode())
+        Settings(**production(vapid_private_key=base64.urlsafe_b64encode(os.urandom(32)).decode()))
+    monkeypatch.delenv("HERALD_PUSH_DEV_HOSTS")
+    for missing in ({}, {"vapid_private_key": "REPLACE_ME"}):
+        with pytest.raises(ValueError, match="HERALD_VAPID_PRIVATE_KEY"):
+            Settings(**production(**missing))
 
 
 def test_every_notification_the_catalogue_sends_by_push_has_a_push_template():

@@ -1,9 +1,11 @@
+import secrets
 import uuid
 
 import pytest
 from pydantic import ValidationError
 
 from shared import Channel, CloudEvent, Dispatch, HeraldSettings, Recipient, mask_email, mask_phone, notification_id, retry_delay
+from shared._settings import DEV_API_KEYS
 
 
 def test_notification_id_is_deterministic_and_distinct_per_channel_and_user():
@@ -45,15 +47,65 @@ def test_settings_read_comma_separated_api_keys_and_topic_names(monkeypatch):
     assert s.dlq_topic == "acme.dlq" and s.status_topic == "acme.notify.status"
 
 
-def test_production_refuses_placeholder_secrets(monkeypatch):
-    monkeypatch.setenv("HERALD_ENVIRONMENT", "production")
-    with pytest.raises(ValidationError, match="HERALD_JWT_SECRET"):
+def test_production_is_the_default_and_refuses_the_development_secrets(monkeypatch):
+    monkeypatch.delenv("HERALD_ENVIRONMENT")
+    with pytest.raises(ValidationError, match="HERALD_JWT_SECRET.*HERALD_API_KEYS entry 'dev'"):
         HeraldSettings()
-    monkeypatch.setenv("HERALD_JWT_SECRET", "x" * 40)
+    monkeypatch.setenv("HERALD_JWT_SECRET", secrets.token_urlsafe(32))
     with pytest.raises(ValidationError, match="HERALD_API_KEYS"):
         HeraldSettings()
-    monkeypatch.setenv("HERALD_API_KEYS", "billing=" + "k" * 40)
+    monkeypatch.setenv("HERALD_API_KEYS", "billing=" + secrets.token_urlsafe(32))
     assert HeraldSettings().environment == "production"
+    monkeypatch.setenv("HERALD_ENVIRONMENT", "development")  # chosen explicitly, the placeholders are fine
+    monkeypatch.delenv("HERALD_JWT_SECRET")
+    assert HeraldSettings(api_keys=DEV_API_KEYS).environment == "development"
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "why"),
+    [
+        ("jwt_secret", "", "is empty"),
+        ("jwt_secret", "REPLACE_ME_WITH_AT_LEAST_32_RANDOM_CHARACTERS", "placeholder"),
+        ("jwt_secret", "change-me-" + "a1b2c3d4e5f6a7b8c9d0e1f2", "placeholder"),
+        ("jwt_secret", "Zq8vN3xK", "shorter than 32"),
+        ("jwt_secret", "ab" * 20, "different characters"),
+        ("api_keys", "REPLACE_ME=REPLACE_ME", "HERALD_API_KEYS entry 'REPLACE_ME' holds a placeholder"),
+        ("api_keys", "", "HERALD_API_KEYS is empty"),
+        ("api_keys", "shop=0123456789abcdef", "entry 'shop' is shorter than 32"),
+        ("database_url", "postgresql://herald:REPLACE_ME@postgres:5432/herald", "HERALD_DATABASE_URL \\(its password\\) holds a placeholder"),
+        ("redis_url", "redis://:changeme@redis:6379/0", "HERALD_REDIS_URL \\(its password\\) holds a placeholder"),
+    ],
+)
+def test_production_refuses_an_unsafe_secret_naming_its_setting(setting, value, why):
+    real = {"environment": "production", "jwt_secret": secrets.token_urlsafe(32), "api_keys": "shop=" + secrets.token_urlsafe(32)}
+    with pytest.raises(ValidationError, match=why) as refused:
+        HeraldSettings(**real | {setting: value})
+    message = " ".join(error["msg"] for error in refused.value.errors())
+    if value and len(value) > 8:
+        assert value not in message.replace("'REPLACE_ME'", "")  # the message names the setting, not the value
+    HeraldSettings(**real)  # and the real values pass
+
+
+def test_a_refused_start_exits_with_every_setting_to_fix_and_no_traceback(monkeypatch):
+    monkeypatch.delenv("HERALD_ENVIRONMENT")
+    with pytest.raises(SystemExit) as refused:
+        HeraldSettings.load(port="eighty")
+    assert str(refused.value).splitlines()[1:] == ["  - HERALD_PORT: Input should be a valid integer, unable to parse string as an integer"]
+    with pytest.raises(SystemExit) as refused:
+        HeraldSettings.load(api_keys=DEV_API_KEYS + ",shop=" + "k" * 12)
+    assert str(refused.value).splitlines() == [
+        "herald herald: refusing to start; fix these settings:",
+        "  - HERALD_JWT_SECRET (or HERALD_JWT_PUBLIC_KEY) holds a placeholder; set the real value",
+        "  - HERALD_API_KEYS entry 'dev' holds a placeholder; set the real value",
+        "  - HERALD_API_KEYS entry 'shop' is shorter than 32 characters; use a longer random value",
+    ]  # and no value: pydantic's own message would print every input, secrets too
+
+
+def test_operator_tools_read_production_settings_without_the_services_secrets(monkeypatch):
+    from herald.cli import ToolSettings
+
+    monkeypatch.delenv("HERALD_ENVIRONMENT")
+    assert ToolSettings(database_url="postgresql://herald:REPLACE_ME@db/herald").environment == "production"
 
 
 def test_masking_hides_addresses():

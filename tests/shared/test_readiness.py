@@ -7,7 +7,7 @@ from services.inapp.settings import Settings
 from ..support import running, settings_for
 
 
-async def test_readyz_reports_each_dependency_and_turns_false_when_redis_stops(infra, namespace, tmp_path):
+async def test_readyz_reports_each_dependency_and_turns_false_when_redis_stops(infra, namespace, tmp_path, capfd):
     port = local.free_port()
     redis = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
@@ -24,8 +24,11 @@ async def test_readyz_reports_each_dependency_and_turns_false_when_redis_stops(i
             local.stop(redis)
             not_ready = await client.get("/readyz")
             assert not_ready.status_code == 503
-            checks = not_ready.json()["checks"]
-            assert checks["redis"] != "ok" and checks["kafka"] == "ok" and checks["postgres"] == "ok"
+            assert not_ready.json() == {"status": "not ready", "checks": {"kafka": "ok", "postgres": "ok", "redis": "failing"}}
+            assert str(port) not in not_ready.text and "Error" not in not_ready.text  # no host, port or exception text
+            assert "not ready: redis: ConnectionError" in capfd.readouterr().err  # the why is logged
+            metrics = (await client.get("/metrics/")).text
+            assert 'herald_dependency_up{dependency="redis"} 0.0' in metrics and 'herald_dependency_up{dependency="kafka"} 1.0' in metrics
             assert (await client.get("/healthz")).status_code == 200
     finally:
         local.stop(redis)

@@ -422,7 +422,7 @@ async def test_an_outage_at_the_claim_is_waited_out_charges_no_attempt_and_shows
         during = await eventually(not_ready, what="readiness to report the outage")
         [status] = await statuses(infra, settings, 1)
         after = await eventually(lambda: _ready(client), what="readiness back once the outage is over")
-    assert "ConnectionResetError" in during.json()["checks"]["inapp-delivery"]
+    assert during.json()["checks"]["inapp-delivery"] == "failing"  # the exception itself only in the logs and metrics
     assert after.json()["status"] == "ready"
     assert status["status"] == "sent" and provider.calls == [d.notification_id]
     assert await db.fetchval(f"SELECT attempts FROM {ledger_schema}.ledger WHERE notification_id = $1", d.notification_id) == 1

@@ -1,3 +1,4 @@
+import secrets
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,8 @@ from services.sms import logic
 from services.sms.app import TEMPLATES
 from shared import DeliveryState, MessageTemplates
 from shared.events import EVENT_MODELS
+
+from ..support import production
 
 CATALOGUE = Path(__file__).resolve().parents[2] / "services" / "router" / "catalogue.yaml"
 
@@ -174,12 +177,16 @@ def test_production_refuses_placeholder_twilio_credentials_and_a_short_code_secr
 
     from services.sms.settings import Settings
 
-    real = {"environment": "production", "jwt_secret": "j" * 40, "api_keys": "ops=" + "k" * 40}
-    for token in ("sandbox-auth-token", "REPLACE_ME"):
-        with pytest.raises(ValidationError, match="TWILIO_AUTH_TOKEN"):
-            Settings(**real, twilio_auth_token=token)
-    with pytest.raises(ValidationError, match="VERIFY_CODE_SECRET"):
-        Settings(**real, twilio_auth_token="t" * 32, verify_code_secret="short")
-    settings = Settings(**real, twilio_auth_token="t" * 32)
-    assert settings.code_key() != Settings(**real, twilio_auth_token="u" * 32).code_key()
-    assert Settings(**real, twilio_auth_token="t" * 32, verify_code_secret="s" * 32).code_key() == b"s" * 32
+    real = production(twilio_account_sid="AC" + secrets.token_hex(16))
+    token, other, code_secret = secrets.token_hex(16), secrets.token_hex(16), secrets.token_urlsafe(32)
+    for placeholder in ("sandbox-auth-token", "REPLACE_ME", "", "t" * 32, "short"):
+        with pytest.raises(ValidationError, match="HERALD_TWILIO_AUTH_TOKEN"):
+            Settings(**real, twilio_auth_token=placeholder)
+    for sid in ("REPLACE_ME", "AC" + "0" * 32, "AC123", ""):
+        with pytest.raises(ValidationError, match="HERALD_TWILIO_ACCOUNT_SID"):
+            Settings(**real | {"twilio_account_sid": sid}, twilio_auth_token=token)
+    with pytest.raises(ValidationError, match="HERALD_VERIFY_CODE_SECRET"):
+        Settings(**real, twilio_auth_token=token, verify_code_secret="short")
+    settings = Settings(**real, twilio_auth_token=token)
+    assert settings.code_key() != Settings(**real, twilio_auth_token=other).code_key()
+    assert Settings(**real, twilio_auth_token=token, verify_code_secret=code_secret).code_key() == code_secret.encode()
