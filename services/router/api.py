@@ -183,6 +183,29 @@ class TraceItem(BaseModel):
 
 class Trace(BaseModel):
     items: list[TraceItem]
+    next: UUID | None = Field(default=None, description="More items follow: pass this as `after` for the next page")
+
+
+Limit = Annotated[int, Query(ge=1, le=1000, description="Most items in this page (at most HERALD_TRACE_PAGE_MAX)")]
+After = Annotated[UUID | None, Query(description="The `next` of the previous page")]
+
+
+async def _cursor(res: Any, after: UUID | None, **belongs: Any) -> dict[str, Any] | None:
+    """The decision a page resumes after; 400 when it is not one of this trace's (or has been pruned)."""
+    if after is None:
+        return None
+    async with res.pool.acquire() as conn:
+        row = await repo.decision(conn=conn, notification_id=after)
+    if row is None or any(row[k] != v for k, v in belongs.items()):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=f"after={after} is not an item of this trace; start again without it")
+    return row
+
+
+async def _page(res: Any, decisions: list[dict[str, Any]], limit: int) -> Trace:
+    """``decisions`` holds one more than a page when another page follows."""
+    trace = await _trace(res, decisions[:limit])
+    trace.next = decisions[limit - 1]["notification_id"] if len(decisions) > limit else None
+    return trace
 
 
 async def _trace(res: Any, decisions: list[dict[str, Any]]) -> Trace:
@@ -200,17 +223,25 @@ async def _trace(res: Any, decisions: list[dict[str, Any]]) -> Trace:
 @api.get(
     "/events/{event_id}/trace",
     tags=["trace"],
-    summary="What the router decided for every recipient × channel of an event, and what the senders did (service API key)",
+    summary="What the router decided for every recipient × channel of an event, and what the senders did, in pages (service API key)",
     responses={404: {"description": "The router has no record of the event"}},
 )
-async def event_trace(event_id: Annotated[str, Path(min_length=1, max_length=256, pattern=_PRINTABLE)], caller: ServiceName, res: AppResources) -> Trace:
+async def event_trace(
+    event_id: Annotated[str, Path(min_length=1, max_length=256, pattern=_PRINTABLE)],
+    caller: ServiceName,
+    res: AppResources,
+    limit: Limit = 100,
+    after: After = None,
+) -> Trace:
+    limit = min(limit, res.settings.trace_page_max)  # type: ignore[attr-defined]
+    cursor = await _cursor(res, after, event_id=event_id)
     async with res.pool.acquire() as conn:
-        decisions = await repo.event_decisions(conn=conn, event_id=event_id)
-    if not decisions:
+        decisions = await repo.event_decisions(conn=conn, event_id=event_id, limit=limit + 1, after=cursor)
+    if not decisions and cursor is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, detail=f"no trace for event {event_id!r}: not consumed yet, or its type is not in the catalogue"
         )
-    return await _trace(res, decisions)
+    return await _page(res, decisions, limit)
 
 
 @api.get("/users/{user_id}/trace", tags=["trace"], summary="A user's notifications since a time, decisions and deliveries (service API key)")
@@ -219,11 +250,14 @@ async def user_trace(
     caller: ServiceName,
     res: AppResources,
     since: Annotated[datetime | None, Query(description="ISO 8601; default: 24 hours ago")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Limit = 100,
+    after: After = None,
 ) -> Trace:
     since = since or datetime.now(UTC) - timedelta(hours=24)
     if since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
+    limit = min(limit, res.settings.trace_page_max)  # type: ignore[attr-defined]
+    cursor = await _cursor(res, after, user_id=user_id)
     async with res.pool.acquire() as conn:
-        decisions = await repo.user_decisions(conn=conn, user_id=user_id, since=since, limit=min(limit, res.settings.trace_page_max))  # type: ignore[attr-defined]
-    return await _trace(res, decisions)
+        decisions = await repo.user_decisions(conn=conn, user_id=user_id, since=since, limit=limit + 1, after=cursor)
+    return await _page(res, decisions, limit)

@@ -157,20 +157,52 @@ async def record_deliveries(*, conn: Any, rows: Sequence[Mapping[str, Any]]) -> 
     )
 
 
-async def event_decisions(*, conn: Any, event_id: str) -> list[dict[str, Any]]:
-    """Every decision about one event, in order."""
-    rows = await conn.fetch("SELECT * FROM router.decisions WHERE event_id = $1 ORDER BY decided_at, user_id, channel", event_id)
+async def decision(*, conn: Any, notification_id: UUID) -> dict[str, Any] | None:
+    row = await conn.fetchrow("SELECT * FROM router.decisions WHERE notification_id = $1", notification_id)
+    return dict(row) if row else None
+
+
+async def event_decisions(*, conn: Any, event_id: str, limit: int, after: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """A page of the decisions about one event, in (decided_at, notification_id) order, after the decision ``after``."""
+    if after is None:
+        rows = await conn.fetch(
+            "SELECT * FROM router.decisions WHERE event_id = $1 ORDER BY decided_at, notification_id LIMIT $2", event_id, limit
+        )
+    else:
+        rows = await conn.fetch(
+            "SELECT * FROM router.decisions WHERE event_id = $1 AND (decided_at, notification_id) > ($2, $3) "
+            "ORDER BY decided_at, notification_id LIMIT $4",
+            event_id,
+            after["decided_at"],
+            after["notification_id"],
+            limit,
+        )
     return [dict(r) for r in rows]
 
 
-async def user_decisions(*, conn: Any, user_id: str, since: datetime, limit: int) -> list[dict[str, Any]]:
-    """A user's decisions since a time, oldest first."""
-    rows = await conn.fetch(
-        "SELECT * FROM router.decisions WHERE user_id = $1 AND decided_at >= $2 ORDER BY decided_at, event_id, channel LIMIT $3",
-        user_id,
-        since,
-        limit,
-    )
+async def user_decisions(*, conn: Any, user_id: str, since: datetime, limit: int, after: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """A page of a user's decisions since a time, oldest first (then by event and channel), after the decision ``after``."""
+    if after is None:
+        rows = await conn.fetch(
+            "SELECT * FROM router.decisions WHERE user_id = $1 AND decided_at >= $2 "
+            "ORDER BY decided_at, event_id, channel, notification_id LIMIT $3",
+            user_id,
+            since,
+            limit,
+        )
+    else:
+        rows = await conn.fetch(
+            "SELECT * FROM router.decisions WHERE user_id = $1 AND decided_at >= $2 "
+            "AND (decided_at, event_id, channel, notification_id) > ($3, $4, $5, $6) "
+            "ORDER BY decided_at, event_id, channel, notification_id LIMIT $7",
+            user_id,
+            since,
+            after["decided_at"],
+            after["event_id"],
+            after["channel"],
+            after["notification_id"],
+            limit,
+        )
     return [dict(r) for r in rows]
 
 

@@ -73,6 +73,39 @@ async def test_a_users_trace_lists_their_notifications_since_a_time(router):
     assert {i["event_id"] for i in recent.json()["items"]} == {second["id"]}
     limited = await router.client.get(f"/v1/users/{user}/trace", params={"limit": 1}, headers=router.key)
     assert len(limited.json()["items"]) == 1
+    pages = await all_pages(router, f"/v1/users/{user}/trace", limit=2)
+    assert [len(p["items"]) for p in pages] == [2, 2, 1]
+    assert [(i["event_id"], i["channel"]) for p in pages for i in p["items"]] == [(i["event_id"], i["channel"]) for i in everything.json()["items"]]
+
+
+async def all_pages(router, path: str, *, limit: int) -> list[dict]:
+    pages, after = [], None
+    while True:
+        response = await router.client.get(path, params={"limit": limit, **({"after": after} if after else {})}, headers=router.key)
+        assert response.status_code == 200, response.text
+        pages.append(response.json())
+        after = pages[-1]["next"]
+        if after is None:
+            return pages
+        assert len(pages) < 100
+
+
+async def test_an_events_trace_comes_in_pages_that_resume_after_a_cursor(router):
+    student, instructor = new_user(), new_user()
+    event = await router.publish("booking.cancelled", {"booking_id": "b1", "student_id": student, "instructor_id": instructor, "title": "Piano", "starts_at": STARTS.iso})
+    whole = await router.trace(event["id"], 8)
+    assert len(whole) == 8
+    pages = await all_pages(router, f"/v1/events/{event['id']}/trace", limit=3)
+    assert [len(p["items"]) for p in pages] == [3, 3, 2] and pages[-1]["next"] is None
+    paged = [i["notification_id"] for p in pages for i in p["items"]]
+    assert sorted(paged) == sorted(i["notification_id"] for i in whole) and len(set(paged)) == 8  # each once, none skipped
+    other = await router.publish("payout.paid", {"user_id": student, "payout_id": "p1", "amount": 100, "currency": "EUR"})
+    [foreign, *_] = await router.trace(other["id"], 1)
+    for after in (foreign["notification_id"], "00000000-0000-4000-8000-000000000000"):
+        wrong = await router.client.get(f"/v1/events/{event['id']}/trace", params={"after": after}, headers=router.key)
+        assert wrong.status_code == 400 and "not an item of this trace" in wrong.json()["detail"]
+    assert (await router.client.get(f"/v1/events/{event['id']}/trace", params={"after": "page-2"}, headers=router.key)).status_code == 422
+    assert (await router.client.get(f"/v1/events/{event['id']}/trace", params={"limit": 5000}, headers=router.key)).status_code == 422
 
 
 async def test_the_trace_is_for_services_only_and_says_when_there_is_none(router):
