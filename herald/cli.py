@@ -22,6 +22,25 @@ from .stack import ROOT, SANDBOX, SERVICES, Stack, port_of
 RUN_DIR = ROOT / ".run"
 
 
+def operator() -> str:
+    """Who runs an operator command, for the audit log."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+def audited(action: str, target: str | None = None, **detail: object) -> None:
+    """An audit line for an operator command, on stderr like a service's (JSON unless a terminal)."""
+    from shared import audit
+    from shared._logging import configure_logging
+
+    configure_logging("herald-cli", level="INFO")
+    audit(None, actor=operator(), action=action, target=target, **detail)
+
+
 class ToolSettings(HeraldSettings):
     """Settings of the operator commands: they serve nothing, so a production setting without its secrets is fine."""
 
@@ -286,6 +305,35 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 
     count = asyncio.run(replay(ToolSettings(), stage=args.stage, reason=args.reason, dry_run=args.dry_run))
     print(f"{'would replay' if args.dry_run else 'replayed'} {count} message(s)")
+    if not args.dry_run:
+        audited("dlq.replay", args.stage, reason=args.reason, count=count)
+    return 0
+
+
+def cmd_service_key(args: argparse.Namespace) -> int:
+    """A new service key for HERALD_API_KEYS, or the hashed form of one read from stdin."""
+    import secrets
+
+    from shared import Scope, hash_service_key, parse_service_keys
+
+    if args.action == "hash":
+        key = sys.stdin.readline().strip()
+        if not key:
+            print("herald: give the key on standard input (not as an argument: it would stay in the shell's history)", file=sys.stderr)
+            return 1
+        print(hash_service_key(key))
+        return 0
+    scopes = "+".join(s.strip() for s in args.scopes.split("+"))
+    key = secrets.token_urlsafe(32)
+    try:
+        parse_service_keys(f"{args.name}:{scopes}={key}")
+    except ValueError as exc:
+        print(f"herald: {exc}", file=sys.stderr)
+        return 1
+    print(f"key            {key}")
+    print(f"sending side   {args.name}:{scopes}={key}   (or HERALD_ROUTER_API_KEY={key} for the email service)")
+    print(f"verifying side {args.name}:{scopes}={hash_service_key(key)}")
+    print(f"(shown once; add the entry to HERALD_API_KEYS beside the old one, roll out, then remove the old; scopes: {', '.join(Scope)})")
     return 0
 
 
@@ -317,10 +365,12 @@ def cmd_channel(args: argparse.Namespace) -> int:
     try:
         if args.action == "hold":
             client.set(hold_key(prefix, args.channel), "1")
+            audited("channel.hold", args.channel)
             print(f"{args.channel}: held; its senders stop calling the provider within {settings.breaker_control_seconds:g}s (messages wait)")
         elif args.action == "resume":
             client.delete(hold_key(prefix, args.channel))
             client.set(resume_key(prefix, args.channel), uuid.uuid4().hex)
+            audited("channel.resume", args.channel)
             print(f"{args.channel}: resumed; an open or misconfigured breaker closes, and waiting messages are delivered")
         else:
             held = client.exists(hold_key(prefix, args.channel))
@@ -355,6 +405,11 @@ def main(argv: list[str] | None = None) -> int:
     channel.add_argument("action", choices=["hold", "resume", "status"])
     channel.add_argument("channel", choices=[c.value for c in Channel])
     channel.set_defaults(func=cmd_channel)
+    keys = sub.add_parser("service-key", help="service keys for HERALD_API_KEYS")
+    keys.add_argument("action", choices=["new", "hash"], help="new: a random key and its entries; hash: the hashed form of a key on stdin")
+    keys.add_argument("name", nargs="?", default="service", help="the key's name (new)")
+    keys.add_argument("--scopes", default="publish", help="joined by '+': publish, recipients, traces, admin (new)")
+    keys.set_defaults(func=cmd_service_key)
     token = sub.add_parser("token", help="mint a development JWT for a user id")
     token.add_argument("user")
     token.add_argument("--hours", type=float, default=12)

@@ -4,7 +4,9 @@ Only the names in ``__all__`` are public; the ``_``-prefixed modules are private
 """
 
 from ._app import OutageBackoff, AppResources, KafkaResources, Resources, create_service
-from ._auth import ServiceName, UserId, current_service, current_user, decode_user_token
+from ._auth import AdminService, RecipientsService, TracesService, UserId, current_user, decode_user_token, service_with
+from ._audit import audit
+from ._keys import Scope, ServiceKey, hash_service_key, parse_service_keys
 from ._db import MigrationError, apply_migrations, create_pool, ensure_database, load_migrations
 from ._breaker import ChannelGate, GateState
 from ._exceptions import HeraldError, InvalidMessage, Misconfigured, PermanentError, Suppressed, TransientError, describe, is_outage, parse_retry_after, patiently
@@ -75,7 +77,15 @@ __all__ = [
     "Recipient",
     "Resources",
     "SenderPipeline",
-    "ServiceName",
+    "AdminService",
+    "RecipientsService",
+    "TracesService",
+    "Scope",
+    "ServiceKey",
+    "hash_service_key",
+    "parse_service_keys",
+    "service_with",
+    "audit",
     "Suppressed",
     "TemplateError",
     "TransientError",
@@ -86,7 +96,6 @@ __all__ = [
     "create_pool",
     "create_service",
     "create_topics",
-    "current_service",
     "current_user",
     "dead_letter",
     "decode_user_token",

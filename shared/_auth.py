@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
+from collections.abc import Callable
 from typing import Annotated
 
 import jwt
 from fastapi import Depends, HTTPException, Request, status
 
+from ._keys import Scope, ServiceKey, find_service_key
 from ._settings import HeraldSettings
 
 
@@ -62,22 +63,33 @@ def current_user(request: Request) -> str:
         raise _unauthorized(f"invalid token: {exc}", "Bearer") from None
 
 
-def check_api_key(settings: HeraldSettings, key: str) -> str | None:
-    """The name of the service ``key`` belongs to, compared in constant time; None if unknown."""
-    found = None
-    for name, expected in settings.api_key_table().items():
-        if hmac.compare_digest(key.encode(), expected.encode()):
-            found = name
-    return found
+def check_api_key(settings: HeraldSettings, key: str) -> ServiceKey | None:
+    """The ``HERALD_API_KEYS`` entry ``key`` belongs to, compared in constant time; None if unknown."""
+    return find_service_key(settings.service_keys, key)
 
 
-def current_service(request: Request) -> str:
-    """FastAPI dependency: the calling service's name."""
-    name = check_api_key(settings_of(request), _credentials(request, "ApiKey"))
-    if name is None:
-        raise _unauthorized("unknown API key", "ApiKey")
-    return name
+def service_with(scope: Scope) -> Callable[[Request], str]:
+    """FastAPI dependency: the calling service's name, when its key holds ``scope`` (401 unknown key, 403 other scope)."""
+
+    def dependency(request: Request) -> str:
+        entry = check_api_key(settings_of(request), _credentials(request, "ApiKey"))
+        if entry is None:
+            raise _unauthorized("unknown API key", "ApiKey")
+        if not entry.allows(scope):
+            held = ", ".join(sorted(entry.scopes))
+            raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"the key {entry.name!r} may not do this: it needs the scope {scope.value!r} (it has {held})")
+        request.state.service_key = entry
+        return entry.name
+
+    dependency.__name__ = f"service_with_{scope.value}"
+    dependency.herald_scope = scope  # type: ignore[attr-defined]  # documented as 401 and 403 (shared/_openapi.py)
+    return dependency
 
 
 UserId = Annotated[str, Depends(current_user)]
-ServiceName = Annotated[str, Depends(current_service)]
+#: A service key with the scope to manage recipients and any user's preferences.
+RecipientsService = Annotated[str, Depends(service_with(Scope.recipients))]
+#: A service key with the scope to read traces and reports.
+TracesService = Annotated[str, Depends(service_with(Scope.traces))]
+#: A service key with the admin scope.
+AdminService = Annotated[str, Depends(service_with(Scope.admin))]

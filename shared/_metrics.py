@@ -91,6 +91,12 @@ class Metrics:
             ["channel", "state"],
             registry=registry,
         )
+        self.audit_actions = Counter(
+            "herald_audit_actions_total",
+            "Administrative actions, by action and the service key (or operator) that took them",
+            ["action", "actor"],
+            registry=registry,
+        )
         self.dependency_up = Gauge(
             "herald_dependency_up",
             "1 while a dependency (kafka, postgres, redis) answers and a handler is not waiting out an outage (<name>-delivery…), else 0",

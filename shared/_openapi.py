@@ -1,6 +1,6 @@
 """OpenAPI completeness: answers FastAPI and the shared dependencies give that routes do not declare themselves.
 
-- 401 on every route that depends on ``UserId`` or ``ServiceName``;
+- 401 on every route that depends on ``UserId`` or a service key, and 403 (a key without the scope) on the latter;
 - 400 on every route whose JSON body FastAPI parses (it answers 400 to a body that is not JSON).
 """
 
@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from ._auth import current_service, current_user
+from ._auth import current_user
 
 UNAUTHORIZED: dict[str, Any] = {
     "description": "Missing or invalid credentials",
@@ -31,11 +31,22 @@ BAD_BODY: dict[str, Any] = {
         }
     },
 }
-_AUTH = (current_user, current_service)
+FORBIDDEN: dict[str, Any] = {
+    "description": "The service key lacks the scope this route needs",
+    "content": {
+        "application/json": {
+            "schema": {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"], "title": "Forbidden"}
+        }
+    },
+}
+
+
+def _scoped(dependant: Dependant) -> bool:
+    return any(hasattr(d.call, "herald_scope") or _scoped(d) for d in dependant.dependencies)
 
 
 def _authenticates(dependant: Dependant) -> bool:
-    return any(d.call in _AUTH or _authenticates(d) for d in dependant.dependencies)
+    return any(d.call is current_user or hasattr(d.call, "herald_scope") or _authenticates(d) for d in dependant.dependencies)
 
 
 def _api_routes(app: FastAPI) -> list[APIRoute]:
@@ -59,6 +70,8 @@ def complete_openapi(app: FastAPI) -> None:
             extra = {}
             if _authenticates(route.dependant):
                 extra["401"] = UNAUTHORIZED
+            if _scoped(route.dependant):
+                extra["403"] = FORBIDDEN
             if route.body_field is not None:
                 extra["400"] = BAD_BODY
             for method in route.methods:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ._keys import ServiceKey, parse_service_keys
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -116,7 +119,8 @@ class HeraldSettings(BaseSettings):
     jwt_secret: SecretStr | None = SecretStr(DEV_JWT_SECRET)
     jwt_public_key: str | None = None
     jwt_audience: str = "herald"
-    api_keys: SecretStr = SecretStr(DEV_API_KEYS)
+    api_keys: SecretStr = SecretStr(DEV_API_KEYS)  # name:scope+scope=key or name:scopes=sha256:<hex>, comma-separated (docs/security.md)
+    api_key_sources: str = ""  # name=source source,…: the CloudEvents sources a key name may publish (unset: any)
 
     frontend_url: str = "http://localhost:3000"
     public_url: str = "http://127.0.0.1:8101"
@@ -185,11 +189,39 @@ class HeraldSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> HeraldSettings:
+        try:
+            self.service_keys  # noqa: B018 - malformed entries are refused in every environment
+        except ValueError as exc:
+            if self.environment != "production" or not self.refuses_unsafe_production:
+                raise
+            malformed = str(exc)  # listed with every other problem, not alone
+        else:
+            malformed = None
         if self.environment == "production" and self.refuses_unsafe_production:
             problems = [problem for secret in self.production_secrets() if (problem := secret.problem())]
+            problems += list(self.production_problems())
+            if malformed:
+                problems.insert(0, malformed)
             if problems:
                 raise UnsafeProductionSettings(problems)
         return self
+
+    @cached_property
+    def service_keys(self) -> list[ServiceKey]:
+        """``HERALD_API_KEYS`` parsed: each entry's name, scopes, bound sources and key (or its hash)."""
+        return parse_service_keys(self.api_keys.get_secret_value(), self.api_key_sources)
+
+    def _keys_or_none(self) -> list[ServiceKey]:
+        try:
+            return self.service_keys
+        except ValueError:  # reported on its own
+            return []
+
+    def production_problems(self) -> Iterator[str]:
+        """What production refuses besides secrets; services add theirs."""
+        for key in self._keys_or_none():
+            if not key.scoped:
+                yield f"HERALD_API_KEYS entry {key.name!r} has no scopes; write it name:scope+scope=key (publish, recipients, traces, admin)"
 
     def production_secrets(self) -> Iterator[Secret]:
         """Every secret this service uses, as production must have it; services add theirs."""
@@ -199,9 +231,8 @@ class HeraldSettings(BaseSettings):
         raw = self.api_keys.get_secret_value().strip()
         if not raw:
             yield Secret("HERALD_API_KEYS", None)
-        for pair in split_commas(raw):  # type: ignore[union-attr]
-            name, _, key = pair.partition("=")
-            yield Secret(f"HERALD_API_KEYS entry {name.strip()!r}", key, min_length=32)
+        for key in self._keys_or_none():
+            yield Secret(f"HERALD_API_KEYS entry {key.name!r}", key.secret, min_length=32)
         yield from url_password("HERALD_DATABASE_URL", self.database_url)
         yield from url_password("HERALD_REDIS_URL", self.redis_url)
 
@@ -223,14 +254,8 @@ class HeraldSettings(BaseSettings):
             raise SystemExit(f"herald {name}: refusing to start; fix these settings:\n" + "\n".join(f"  - {line}" for line in lines)) from None
 
     def api_key_table(self) -> dict[str, str]:
-        """The configured service keys as ``{name: key}``."""
-        table: dict[str, str] = {}
-        for pair in split_commas(self.api_keys.get_secret_value()):  # type: ignore[union-attr]
-            name, sep, key = pair.partition("=")
-            if not sep or not key.strip():
-                raise ValueError(f"HERALD_API_KEYS entry {name!r} is not of the form name=key")
-            table[name.strip()] = key.strip()
-        return table
+        """The service keys held in plaintext as ``{name: key}`` (the last of a name): for a service that sends one."""
+        return {key.name: key.secret for key in self.service_keys if not key.hashed}
 
     # topic names -------------------------------------------------------
     def notify_topic(self, channel: str, *, critical: bool = False) -> str:

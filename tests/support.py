@@ -68,7 +68,7 @@ def settings_for(cls: type[S], infra: Infra, namespace: str, **overrides: Any) -
 
 def production(**more: Any) -> dict[str, Any]:
     """Settings values of a production instance with real (random) shared secrets; add a service's own in ``more``."""
-    return {"environment": "production", "jwt_secret": secrets.token_urlsafe(32), "api_keys": f"svc={secrets.token_urlsafe(32)}", **more}
+    return {"environment": "production", "jwt_secret": secrets.token_urlsafe(32), "api_keys": f"svc:admin={secrets.token_urlsafe(32)}", **more}
 
 
 async def make_topics(settings: HeraldSettings) -> None:

@@ -55,11 +55,14 @@ class Settings(HeraldSettings):
             yield Secret("HERALD_RESEND_API_KEY", resend, min_length=20, required=self.email_provider == "resend")
         smtp = self.smtp_password.get_secret_value() if self.smtp_password else None
         yield Secret("HERALD_SMTP_PASSWORD", smtp, min_length=8, required=self.email_provider == "smtp" and bool(self.smtp_username))
-        if self.router_api_key is not None:
-            yield Secret("HERALD_ROUTER_API_KEY", self.router_api_key.get_secret_value())
+        # one-click unsubscribes change preferences at the router: the one key this service sends, in plaintext
+        yield Secret("HERALD_ROUTER_API_KEY", self.router_api_key.get_secret_value() if self.router_api_key else None)
 
     def router_key(self) -> str:
-        """The API key this service presents to the router."""
+        """The API key this service presents to the router (its `recipients` scope changes preferences)."""
         if self.router_api_key is not None:
             return self.router_api_key.get_secret_value()
-        return next(iter(self.api_key_table().values()))
+        plain = list(self.api_key_table().values())  # development and tests: the first key held in plaintext
+        if not plain:
+            raise ValueError("HERALD_ROUTER_API_KEY is unset and HERALD_API_KEYS holds no plaintext key to send the router")
+        return plain[0]

@@ -126,6 +126,8 @@ def _check(raw: Any, producer: Producer, areas: frozenset[str]) -> CloudEvent:
     event = logic.check_event(raw, areas=areas)
     if not producer.may_publish(event.type):
         raise logic.Refusal(403, f"this key may not publish events of type {event.type!r}")
+    if not producer.may_publish_from(event.source):
+        raise logic.Refusal(403, f"this key may not publish events from source {event.source!r}")
     return event
 
 
@@ -146,7 +148,7 @@ def build_api(settings: Settings) -> APIRouter:
         responses={
             202: {"description": "Taken (a batch answers per item)", "model": Receipt | BatchReceipt},
             207: {"description": "A batch of which at least one item was refused", "model": BatchReceipt},
-            403: problem("This key may not publish the event's type"),
+            403: problem("This key may not publish: not its scope, the event's type or its source"),
             415: problem("The Content-Type is none of the CloudEvents HTTP binding's modes"),
             422: problem("The event is not a valid CloudEvent, its area is unknown, or its data does not fit its type"),
             429: _retry_after("The key's rate limit is reached"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from dataclasses import dataclass
 from typing import Annotated
@@ -11,7 +10,8 @@ import asyncpg
 from fastapi import Depends, HTTPException, Request, status
 from redis.exceptions import RedisError
 
-from shared import AppResources
+from shared import AppResources, Scope
+from shared._keys import find_service_key
 
 from . import logic, repo
 
@@ -41,9 +41,14 @@ class Producer:
     key_id: str
     event_types: tuple[str, ...]
     rate_per_minute: int  # 0: unlimited
+    sources: tuple[str, ...] | None = None  # the CloudEvents sources it may publish; None: any
+    may_publish_at_all: bool = True  # False: a service key without the publish scope
 
     def may_publish(self, event_type: str) -> bool:
         return logic.type_allowed(event_type, self.event_types)
+
+    def may_publish_from(self, source: str) -> bool:
+        return self.sources is None or source in self.sources
 
 
 def _unauthorized(message: str) -> HTTPException:
@@ -58,20 +63,13 @@ def _unavailable(res: AppResources, what: str) -> HTTPException:
     )
 
 
-def _service_key(settings, key: str) -> str | None:
-    found = None
-    for name, expected in settings.api_key_table().items():
-        if hmac.compare_digest(key.encode(), expected.encode()):
-            found = name
-    return found
-
-
 async def identify(res: AppResources, key: str) -> Producer | None:
     """The producer a key belongs to, or None."""
     settings = res.settings
-    service = _service_key(settings, key)
+    service = find_service_key(settings.service_keys, key)
     if service is not None:
-        return Producer(service, f"service:{service}", ("*",), settings.service_key_rate_per_minute)  # type: ignore[attr-defined]
+        rate = settings.service_key_rate_per_minute  # type: ignore[attr-defined]
+        return Producer(service.name, f"service:{service.name}", ("*",), rate, service.sources, service.allows(Scope.publish))
     if not key.startswith(logic.KEY_PREFIX):
         return None
     try:
@@ -102,6 +100,8 @@ async def current_producer(request: Request, res: AppResources) -> Producer:
     producer = await identify(res, key.strip())
     if producer is None:
         raise _unauthorized("unknown, revoked or expired API key")
+    if not producer.may_publish_at_all:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"the key {producer.name!r} may not publish events: it needs the scope 'publish'")
     try:
         wait_ms = await within_rate(res, producer)
     except RedisError as exc:

@@ -19,6 +19,12 @@ from . import logic, repo
 from .settings import Settings
 
 
+def audited(action: str, target: str, **detail: object) -> None:
+    from herald.cli import audited as log_it
+
+    log_it(action, target, **detail)
+
+
 async def create(settings: Settings, *, producer: str, types: list[str], rate: int | None, days: float | None) -> tuple[uuid.UUID, str]:
     """Create a key for ``producer`` allowed ``types`` (glob patterns); return its id and the key."""
     key = logic.new_key()
@@ -76,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--types names no event type")
         key_id, key = asyncio.run(create(settings, producer=args.producer, types=types, rate=args.rate, days=args.days))
         print(f"id   {key_id}\nkey  {key}\n(shown once: store it now; send it as 'Authorization: ApiKey <key>')")
+        audited("producer_key.create", args.producer, key_id=str(key_id), event_types=",".join(types))
     elif args.command == "list":
         for row in asyncio.run(listing(settings, args.producer)):
             state = "revoked" if row["revoked_at"] else ("expires " + row["expires_at"].isoformat() if row["expires_at"] else "active")
@@ -85,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no active key {args.id}", file=sys.stderr)
             return 1
         print(f"revoked {args.id}")
+        audited("producer_key.revoke", str(args.id))
     return 0
 
 

@@ -9,7 +9,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from shared import AppResources, ServiceName, UserId
+from shared import AppResources, RecipientsService, TracesService, UserId, audit
 
 from . import logic, repo
 from .catalogue import Catalogue
@@ -61,7 +61,7 @@ class RecipientOut(RecipientIn):
     summary="Create or replace a user's contact details (service API key)",
     responses={409: {"description": "The user was deleted"}, 422: {"description": "An address is not valid"}},
 )
-async def put_recipient(user_id: UserPath, body: RecipientIn, caller: ServiceName, res: AppResources) -> RecipientOut:
+async def put_recipient(user_id: UserPath, body: RecipientIn, caller: RecipientsService, res: AppResources) -> RecipientOut:
     row = logic.Directory(
         user_id=user_id,
         email=body.email,
@@ -72,6 +72,7 @@ async def put_recipient(user_id: UserPath, body: RecipientIn, caller: ServiceNam
     )
     if not await recipients_of(res).put(row):
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"user {user_id!r} was deleted; a deleted user is not brought back")
+    audit(res.metrics, actor=caller, action="recipient.put", target=user_id)
     return RecipientOut(user_id=user_id, **{k: getattr(row, k) for k in ("email", "phone", "phone_verified_at", "locale", "timezone")})
 
 
@@ -141,15 +142,17 @@ async def patch_my_preferences(body: PreferencesPatch, user_id: OwnUser, request
 
 
 @api.get("/users/{user_id}/preferences", tags=["preferences"], summary="A user's preferences (service API key)")
-async def get_user_preferences(user_id: UserPath, caller: ServiceName, request: Request, res: AppResources) -> Preferences:
+async def get_user_preferences(user_id: UserPath, caller: RecipientsService, request: Request, res: AppResources) -> Preferences:
     return await _matrix(res, _catalogue(request), user_id)
 
 
 @api.patch(
     "/users/{user_id}/preferences", tags=["preferences"], summary="Change a user's preferences (service API key)", responses=_PATCH_RESPONSES
 )
-async def patch_user_preferences(body: PreferencesPatch, user_id: UserPath, caller: ServiceName, request: Request, res: AppResources) -> Preferences:
-    return await _patch(res, _catalogue(request), user_id, body)
+async def patch_user_preferences(body: PreferencesPatch, user_id: UserPath, caller: RecipientsService, request: Request, res: AppResources) -> Preferences:
+    changed = await _patch(res, _catalogue(request), user_id, body)
+    audit(res.metrics, actor=caller, action="preferences.patch", target=user_id)
+    return changed
 
 
 # ---------------------------------------------------------------------------- trace
@@ -186,6 +189,7 @@ class Trace(BaseModel):
     next: UUID | None = Field(default=None, description="More items follow: pass this as `after` for the next page")
 
 
+_BAD_CURSOR: dict[str, Any] = {"description": "`after` is not an item of this trace (or was pruned)"}
 Limit = Annotated[int, Query(ge=1, le=1000, description="Most items in this page (at most HERALD_TRACE_PAGE_MAX)")]
 After = Annotated[UUID | None, Query(description="The `next` of the previous page")]
 
@@ -224,11 +228,11 @@ async def _trace(res: Any, decisions: list[dict[str, Any]]) -> Trace:
     "/events/{event_id}/trace",
     tags=["trace"],
     summary="What the router decided for every recipient × channel of an event, and what the senders did, in pages (service API key)",
-    responses={404: {"description": "The router has no record of the event"}},
+    responses={404: {"description": "The router has no record of the event"}, 400: _BAD_CURSOR},
 )
 async def event_trace(
     event_id: Annotated[str, Path(min_length=1, max_length=256, pattern=_PRINTABLE)],
-    caller: ServiceName,
+    caller: TracesService,
     res: AppResources,
     limit: Limit = 100,
     after: After = None,
@@ -244,10 +248,15 @@ async def event_trace(
     return await _page(res, decisions, limit)
 
 
-@api.get("/users/{user_id}/trace", tags=["trace"], summary="A user's notifications since a time, decisions and deliveries (service API key)")
+@api.get(
+    "/users/{user_id}/trace",
+    tags=["trace"],
+    summary="A user's notifications since a time, decisions and deliveries, in pages (service API key)",
+    responses={400: _BAD_CURSOR},
+)
 async def user_trace(
     user_id: UserPath,
-    caller: ServiceName,
+    caller: TracesService,
     res: AppResources,
     since: Annotated[datetime | None, Query(description="ISO 8601; default: 24 hours ago")] = None,
     limit: Limit = 100,

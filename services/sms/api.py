@@ -23,7 +23,7 @@ from shared import (
     Dispatch,
     Outgoing,
     Recipient,
-    ServiceName,
+    TracesService,
     UserId,
     mask_phone,
     publish_many,
@@ -241,7 +241,7 @@ async def twilio_status(request: Request, res: AppResources) -> Response:
 
 
 @api.get("/v1/sms/spend", tags=["operations"], summary="Segments and estimated spend by event type, category and country")
-async def sms_spend(_: ServiceName, res: AppResources, hours: Annotated[int, Query(ge=1, le=24 * 366)] = 24) -> list[dict[str, Any]]:
+async def sms_spend(_: TracesService, res: AppResources, hours: Annotated[int, Query(ge=1, le=24 * 366)] = 24) -> list[dict[str, Any]]:
     async with res.pool.acquire() as conn:
         rows = await repo.spend(conn=conn, since=datetime.now(UTC) - timedelta(hours=hours))
     return [{**r, "price_usd": float(r["price_usd"] or 0), "segments": int(r["segments"] or 0)} for r in rows]

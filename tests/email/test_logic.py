@@ -179,7 +179,7 @@ def test_event_data_gets_every_field_of_its_model():
 
 
 def test_production_refuses_a_placeholder_unsubscribe_secret():
-    real, secret = production(), secrets.token_urlsafe(32)
+    real, secret = production(router_api_key=secrets.token_urlsafe(32)), secrets.token_urlsafe(32)
     for placeholder in (None, "short", "REPLACE_ME", "s" * 40):
         with pytest.raises(ValueError, match="HERALD_UNSUBSCRIBE_SECRET"):
             Settings(**real, **({"unsubscribe_secret": placeholder} if placeholder is not None else {}))
@@ -187,7 +187,7 @@ def test_production_refuses_a_placeholder_unsubscribe_secret():
 
 
 def test_production_checks_the_providers_credentials_it_uses():
-    real = production(unsubscribe_secret=secrets.token_urlsafe(32))
+    real = production(unsubscribe_secret=secrets.token_urlsafe(32), router_api_key=secrets.token_urlsafe(32))
     assert Settings(**real, email_provider="smtp").email_provider == "smtp"  # the unused Resend default is not in the way
     with pytest.raises(ValueError, match="HERALD_RESEND_API_KEY"):
         Settings(**real, email_provider="resend")  # its development default
@@ -197,7 +197,9 @@ def test_production_checks_the_providers_credentials_it_uses():
     with pytest.raises(ValueError, match="HERALD_SMTP_PASSWORD"):
         Settings(**real, smtp_username="herald")
     with pytest.raises(ValueError, match="HERALD_ROUTER_API_KEY"):
-        Settings(**real, router_api_key="change-me")
+        Settings(**real | {"router_api_key": "change-me"})
+    with pytest.raises(ValueError, match="HERALD_ROUTER_API_KEY is empty"):  # the one key email sends: required in production
+        Settings(**{k: v for k, v in real.items() if k != "router_api_key"})
 
 
 def test_the_router_key_defaults_to_the_first_service_key():

@@ -36,7 +36,8 @@ def _vapid_key() -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-REQUIRED = {"HERALD_VAPID_PRIVATE_KEY": _vapid_key(), "HERALD_UNSUBSCRIBE_SECRET": secrets.token_urlsafe(32), "POSTGRES_PASSWORD": "pg-secret", "HERALD_JWT_SECRET": secrets.token_urlsafe(32), "HERALD_API_KEYS": "shop=" + secrets.token_urlsafe(32), "GRAFANA_ADMIN_PASSWORD": "g", "HERALD_TWILIO_ACCOUNT_SID": "AC" + secrets.token_hex(16), "HERALD_TWILIO_AUTH_TOKEN": secrets.token_hex(16)}
+ROUTER_KEY = secrets.token_urlsafe(32)
+REQUIRED = {"HERALD_VAPID_PRIVATE_KEY": _vapid_key(), "HERALD_UNSUBSCRIBE_SECRET": secrets.token_urlsafe(32), "POSTGRES_PASSWORD": "pg-secret", "HERALD_JWT_SECRET": secrets.token_urlsafe(32), "HERALD_API_KEYS": "shop:publish=" + secrets.token_urlsafe(32) + ",email:recipients=" + ROUTER_KEY, "HERALD_ROUTER_API_KEY": ROUTER_KEY, "GRAFANA_ADMIN_PASSWORD": "g", "HERALD_TWILIO_ACCOUNT_SID": "AC" + secrets.token_hex(16), "HERALD_TWILIO_AUTH_TOKEN": secrets.token_hex(16)}
 
 
 def settings_class(name: str) -> type[HeraldSettings]:

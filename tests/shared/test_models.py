@@ -54,7 +54,7 @@ def test_production_is_the_default_and_refuses_the_development_secrets(monkeypat
     monkeypatch.setenv("HERALD_JWT_SECRET", secrets.token_urlsafe(32))
     with pytest.raises(ValidationError, match="HERALD_API_KEYS"):
         HeraldSettings()
-    monkeypatch.setenv("HERALD_API_KEYS", "billing=" + secrets.token_urlsafe(32))
+    monkeypatch.setenv("HERALD_API_KEYS", "billing:publish=" + secrets.token_urlsafe(32))
     assert HeraldSettings().environment == "production"
     monkeypatch.setenv("HERALD_ENVIRONMENT", "development")  # chosen explicitly, the placeholders are fine
     monkeypatch.delenv("HERALD_JWT_SECRET")
@@ -71,13 +71,13 @@ def test_production_is_the_default_and_refuses_the_development_secrets(monkeypat
         ("jwt_secret", "ab" * 20, "different characters"),
         ("api_keys", "REPLACE_ME=REPLACE_ME", "HERALD_API_KEYS entry 'REPLACE_ME' holds a placeholder"),
         ("api_keys", "", "HERALD_API_KEYS is empty"),
-        ("api_keys", "shop=0123456789abcdef", "entry 'shop' is shorter than 32"),
+        ("api_keys", "shop:publish=0123456789abcdef", "entry 'shop' is shorter than 32"),
         ("database_url", "postgresql://herald:REPLACE_ME@postgres:5432/herald", "HERALD_DATABASE_URL \\(its password\\) holds a placeholder"),
         ("redis_url", "redis://:changeme@redis:6379/0", "HERALD_REDIS_URL \\(its password\\) holds a placeholder"),
     ],
 )
 def test_production_refuses_an_unsafe_secret_naming_its_setting(setting, value, why):
-    real = {"environment": "production", "jwt_secret": secrets.token_urlsafe(32), "api_keys": "shop=" + secrets.token_urlsafe(32)}
+    real = {"environment": "production", "jwt_secret": secrets.token_urlsafe(32), "api_keys": "shop:publish=" + secrets.token_urlsafe(32)}
     with pytest.raises(ValidationError, match=why) as refused:
         HeraldSettings(**real | {setting: value})
     message = " ".join(error["msg"] for error in refused.value.errors())
@@ -92,12 +92,13 @@ def test_a_refused_start_exits_with_every_setting_to_fix_and_no_traceback(monkey
         HeraldSettings.load(port="eighty")
     assert str(refused.value).splitlines()[1:] == ["  - HERALD_PORT: Input should be a valid integer, unable to parse string as an integer"]
     with pytest.raises(SystemExit) as refused:
-        HeraldSettings.load(api_keys=DEV_API_KEYS + ",shop=" + "k" * 12)
+        HeraldSettings.load(api_keys=DEV_API_KEYS + ",shop:publish=" + "k" * 12)
     assert str(refused.value).splitlines() == [
         "herald herald: refusing to start; fix these settings:",
         "  - HERALD_JWT_SECRET (or HERALD_JWT_PUBLIC_KEY) holds a placeholder; set the real value",
         "  - HERALD_API_KEYS entry 'dev' holds a placeholder; set the real value",
         "  - HERALD_API_KEYS entry 'shop' is shorter than 32 characters; use a longer random value",
+        "  - HERALD_API_KEYS entry 'dev' has no scopes; write it name:scope+scope=key (publish, recipients, traces, admin)",
     ]  # and no value: pydantic's own message would print every input, secrets too
 
 

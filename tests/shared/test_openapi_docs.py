@@ -3,10 +3,10 @@
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from shared import HeraldSettings, ServiceName, UserId, create_service
+from shared import HeraldSettings, TracesService, UserId, create_service
 
 
-def test_routes_document_401_when_they_authenticate_and_400_when_they_parse_a_json_body():
+def test_routes_document_401_when_they_authenticate_403_when_they_need_a_scope_and_400_when_they_parse_a_json_body():
     api = APIRouter(prefix="/v1")
 
     @api.get("/mine")
@@ -14,7 +14,7 @@ def test_routes_document_401_when_they_authenticate_and_400_when_they_parse_a_js
         return {}
 
     @api.post("/internal")
-    async def internal(service: ServiceName) -> dict:
+    async def internal(service: TracesService) -> dict:
         return {}
 
     @api.get("/open")
@@ -31,6 +31,7 @@ def test_routes_document_401_when_they_authenticate_and_400_when_they_parse_a_js
     document = create_service(HeraldSettings(), title="t", api=api).openapi()
     assert "401" in document["paths"]["/v1/mine"]["get"]["responses"]
     assert "401" in document["paths"]["/v1/internal"]["post"]["responses"]
+    assert "403" in document["paths"]["/v1/internal"]["post"]["responses"] and "403" not in document["paths"]["/v1/mine"]["get"]["responses"]
     assert "401" not in document["paths"]["/v1/open"]["get"]["responses"]
     assert "401" not in document["paths"]["/healthz"]["get"]["responses"]
     assert "400" in document["paths"]["/v1/things"]["put"]["responses"]
