@@ -19,6 +19,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, 
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
 
 from shared import AppResources, Category, Resources, UserId, decode_user_token
 
@@ -240,13 +241,18 @@ async def stream_inbox(
     hub: stream.StreamHub = res.extra["hub"]
     if not hub.connected:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="real-time delivery is unavailable; retry later", headers={"Retry-After": "5"})
-    if hub.streams_of(user_id) >= settings.stream_max_per_user:
-        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail="too many open streams for this user; close one")
+    try:
+        slot = await hub.reserve(user_id)
+    except stream.TooManyStreams as exc:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=f"too many open streams for this user {exc.where}; close one") from None
+    except RedisError:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="real-time delivery is unavailable; retry later", headers={"Retry-After": "5"}) from None
     return EventSourceResponse(
-        _events(res, user_id, resume),
+        _holding(slot, _events(res, user_id, resume)),
         ping=settings.stream_ping_seconds,
         send_timeout=settings.stream_send_timeout_seconds,
         headers={"Cache-Control": "no-store"},
+        background=BackgroundTask(slot.release),  # also when the stream never started
     )
 
 
@@ -269,6 +275,15 @@ async def _backfill(res: Resources, user_id: str, last: int) -> AsyncIterator[tu
             yield _notification(row), last
         if len(rows) < batch:
             return
+
+
+async def _holding(slot: stream.Slot, events: AsyncIterator[ServerSentEvent]) -> AsyncIterator[ServerSentEvent]:
+    """``events``, giving the stream's place back however they end."""
+    try:
+        async for event in events:
+            yield event
+    finally:
+        await slot.release()
 
 
 async def _events(res: Resources, user_id: str, resume: int | None) -> AsyncIterator[ServerSentEvent]:

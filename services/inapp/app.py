@@ -26,7 +26,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def stream_hub(res: Resources) -> AsyncIterator[None]:
-        hub = StreamHub(res.redis, settings.inbox_redis_prefix, queue_size=settings.stream_queue_size)
+        hub = StreamHub(
+            res.redis,
+            settings.inbox_redis_prefix,
+            queue_size=settings.stream_queue_size,
+            max_per_user=settings.stream_max_per_user,
+            max_per_user_total=settings.stream_max_per_user_total,
+            slot_ttl_seconds=settings.stream_slot_ttl_seconds,
+        )
         await hub.start()
         res.extra["hub"] = hub
         try:

@@ -18,6 +18,8 @@ class Settings(HeraldSettings):
     stream_send_timeout_seconds: float = Field(default=30.0, gt=0, description="a client that takes longer to accept one write is dropped")
     stream_replay_batch: int = Field(default=200, ge=1)
     stream_max_per_user: int = Field(default=20, ge=1, description="open streams one user may hold on one instance")
+    stream_max_per_user_total: int = Field(default=0, ge=0, description="open streams one user may hold across instances, counted in Redis (0: no cap)")
+    stream_slot_ttl_seconds: float = Field(default=60.0, ge=5, description="a stream counted in Redis lapses this long after its instance stops renewing it")
     stream_retry_ms: int = Field(default=3000, ge=100, description="the reconnection delay sent to EventSource clients")
     redis_prefix: str = "herald:"
     inbox_redis_namespace: str | None = None  # default: the Kafka topic namespace (instances sharing it share streams)

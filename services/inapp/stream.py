@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
+import uuid
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -60,14 +62,65 @@ class Subscriber:
         return True
 
 
+# One user's open streams across instances: a sorted set of stream ids scored by when each lapses unless renewed.
+_RESERVE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+
+class TooManyStreams(Exception):
+    """The user holds as many streams as allowed (``where``: this instance, or all instances)."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        super().__init__(where)
+
+
+class Slot:
+    """A stream's place under the caps, taken before the response starts and given back once (however it ends)."""
+
+    def __init__(self, hub: StreamHub, user_id: str, stream_id: str) -> None:
+        self.hub, self.user_id, self.stream_id = hub, user_id, stream_id
+        self.released = False
+
+    async def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self.hub._release_local(self)
+        if self.hub.max_per_user_total:
+            # Its own task: a stream ends by cancellation, and an await in a cancelled scope would be cancelled too.
+            self.hub._spawn(self.hub.redis.zrem(self.hub._slots_key(self.user_id), self.stream_id))
+
+
 class StreamHub:
     """This instance's pub/sub subscription, shared by all its open streams."""
 
-    def __init__(self, redis: Redis, prefix: str, *, queue_size: int, subscribe_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        *,
+        queue_size: int,
+        subscribe_timeout: float = 10.0,
+        max_per_user: int = 20,
+        max_per_user_total: int = 0,
+        slot_ttl_seconds: float = 60.0,
+    ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.queue_size = queue_size
         self.subscribe_timeout = subscribe_timeout
+        self.max_per_user = max_per_user
+        self.max_per_user_total = max_per_user_total  # 0: no cap across instances
+        self.slot_ttl = slot_ttl_seconds
+        self._slots: dict[str, dict[str, Slot]] = {}  # user → stream id → slot, on this instance
+        self._renewer: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._pubsub = redis.pubsub()
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._confirmations: dict[str, asyncio.Event] = {}
@@ -80,6 +133,8 @@ class StreamHub:
     async def start(self, timeout: float = 5.0) -> None:
         """Start reading; wait a little for Redis, but start without it (streams answer 503 until it is back)."""
         self._reader = asyncio.create_task(self._read(), name="inbox-pubsub-reader")
+        if self.max_per_user_total:
+            self._renewer = asyncio.create_task(self._renew(), name="inbox-stream-slots")
         try:
             async with asyncio.timeout(timeout):
                 await self._connected.wait()
@@ -92,10 +147,11 @@ class StreamHub:
         return self._connected.is_set()
 
     async def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        for task in (self._reader, self._renewer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         with contextlib.suppress(Exception):
             await self._pubsub.aclose()
 
@@ -104,8 +160,64 @@ class StreamHub:
         return sum(len(s) for s in self._subscribers.values())
 
     def streams_of(self, user_id: str) -> int:
-        """How many streams of this user are open on this instance."""
-        return len(self._subscribers.get(logic.channel_of(self.prefix, user_id), ()))
+        """How many streams of this user are open (or being opened) on this instance."""
+        return len(self._slots.get(user_id, ()))
+
+    async def reserve(self, user_id: str) -> Slot:
+        """A place for one more stream of the user, or TooManyStreams. The check and the taking of the place on this
+        instance happen without a pause between them, so concurrent connects cannot both see room for one."""
+        mine = self._slots.setdefault(user_id, {})
+        if len(mine) >= self.max_per_user:
+            raise TooManyStreams("on this instance")
+        slot = Slot(self, user_id, uuid.uuid4().hex)
+        mine[slot.stream_id] = slot  # taken before any await
+        if self.max_per_user_total:
+            try:
+                now = time.time()
+                taken = await self.redis.eval(
+                    _RESERVE, 1, self._slots_key(user_id), now, now + self.slot_ttl, slot.stream_id, self.max_per_user_total, int(self.slot_ttl * 2000)
+                )
+            except BaseException:
+                self._release_local(slot)
+                raise
+            if not int(taken):
+                self._release_local(slot)
+                slot.released = True
+                raise TooManyStreams("across instances")
+        return slot
+
+    def _spawn(self, work: Any) -> None:
+        async def quietly() -> None:
+            with contextlib.suppress(Exception):  # a place left behind lapses on its own
+                await work
+
+        task = asyncio.get_running_loop().create_task(quietly())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _release_local(self, slot: Slot) -> None:
+        mine = self._slots.get(slot.user_id, {})
+        mine.pop(slot.stream_id, None)
+        if not mine:
+            self._slots.pop(slot.user_id, None)
+
+    def _slots_key(self, user_id: str) -> str:
+        return f"{self.prefix}streams:{user_id}"
+
+    async def _renew(self) -> None:
+        """Push out the lapse time of this instance's streams, so that a crashed instance's streams lapse on their own."""
+        while True:
+            await asyncio.sleep(self.slot_ttl / 3)
+            try:
+                lapse = time.time() + self.slot_ttl
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for user_id, slots in list(self._slots.items()):
+                        for stream_id in list(slots):
+                            pipe.zadd(self._slots_key(user_id), {stream_id: lapse})
+                        pipe.pexpire(self._slots_key(user_id), int(self.slot_ttl * 2000))
+                    await pipe.execute()
+            except Exception as exc:  # Redis away: the slots lapse and are taken again once it is back
+                log.warning("could not renew the open streams' places in Redis: %s", exc)
 
     @contextlib.asynccontextmanager
     async def subscribe(self, user_id: str) -> AsyncIterator[Subscriber]:

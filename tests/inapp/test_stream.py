@@ -345,3 +345,50 @@ async def test_one_user_cannot_open_unbounded_streams(infra, namespace, user):
                 assert third.status_code == 429 and third.json()["detail"]
             async with sse(url, headers=bearer(settings, f"{user}-other")) as someone_else:
                 await someone_else.next("ready")
+
+
+async def test_concurrent_connects_cannot_pass_the_per_instance_cap(infra, namespace, user):
+    """Fifty connects at once, cap 3: exactly three streams open, the rest 429; closing one frees its place."""
+    settings = settings_for(Settings, infra, namespace, stream_max_per_user=3)
+    await make_topics(settings)
+    async with Server(create_app(settings)) as server:
+        url = f"{server.url}/v1/inbox/stream"
+        async with contextlib.AsyncExitStack() as stack:
+
+            async def connect() -> SSE | int:
+                try:
+                    stream = await stack.enter_async_context(sse(url, headers=bearer(settings, user)))
+                except AssertionError as refused:  # sse() asserts a 200
+                    return int(re.search(r"\b4\d\d\b", str(refused)).group())
+                await stream.next("ready")
+                return stream
+
+            results = await asyncio.gather(*(connect() for _ in range(50)))
+            opened = [r for r in results if not isinstance(r, int)]
+            assert len(opened) == 3 and sorted({r for r in results if isinstance(r, int)}) == [429]
+            await eventually(lambda: _streams_open(server.url, 3), what="three streams counted")
+        # every stream closed: their places are free again
+        async with sse(url, headers=bearer(settings, user)) as again:
+            await again.next("ready")
+
+
+async def test_an_optional_cap_across_instances_is_kept_in_redis(infra, namespace, user, redis_client):
+    settings = settings_for(Settings, infra, namespace, stream_max_per_user=5, stream_max_per_user_total=3)
+    await make_topics(settings)
+    async with Server(create_app(settings)) as a, Server(create_app(settings)) as b:
+        headers = bearer(settings, user)
+        async with sse(f"{a.url}/v1/inbox/stream", headers=headers) as a1, sse(f"{a.url}/v1/inbox/stream", headers=headers) as a2:
+            async with sse(f"{b.url}/v1/inbox/stream", headers=headers) as b1:
+                for stream in (a1, a2, b1):
+                    await stream.next("ready")
+                async with httpx.AsyncClient(timeout=10) as client:
+                    refused = await client.get(f"{b.url}/v1/inbox/stream", headers=headers)
+                assert refused.status_code == 429 and "across instances" in refused.json()["detail"]
+                assert await redis_client.zcard(f"{settings.inbox_redis_prefix}streams:{user}") == 3
+            async with sse(f"{b.url}/v1/inbox/stream", headers=headers) as b2:  # b1 closed: its place is free
+                await b2.next("ready")
+    assert await eventually(lambda: _zcard_is(redis_client, f"{settings.inbox_redis_prefix}streams:{user}", 0), what="every place given back")
+
+
+async def _zcard_is(redis_client, key: str, count: int) -> bool:
+    return await redis_client.zcard(key) == count
