@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 
 from shared import Resources
 
@@ -44,18 +45,24 @@ class Recipients:
             await self.cache.fill(loaded, misses)
             return {**hits, **loaded}
 
-    async def apply_event(self, event_type: str, user_id: str, fields: Mapping[str, object]) -> str:
-        """Apply a ``user.*`` event to the directory; what happened (updated, deleted, ignored_deleted)."""
+    async def apply_event(self, event_type: str, user_id: str, fields: Mapping[str, object], *, time: datetime | None = None) -> str:
+        """Apply a ``user.*`` event of ``time`` to the directory; what happened (updated, deleted, ignored_deleted,
+        ignored_stale: the row holds a newer change, so an event that arrives late cannot undo it). Deletion always
+        wins, whatever its time. An event without a time is applied as of now."""
+        if time is not None:
+            time = min(time, datetime.now(UTC))  # a producer's clock ahead of ours cannot freeze the row
         async with self.res.pool.acquire() as conn, conn.transaction():
             if event_type == "user.deleted":
                 await repo.delete_recipient(conn=conn, user_id=user_id)
                 outcome = "deleted"
             else:
-                current, deleted = await repo.recipient(conn=conn, user_id=user_id, for_update=True)
+                current, deleted, changed_at = await repo.recipient(conn=conn, user_id=user_id, for_update=True)
                 if deleted:
                     outcome = "ignored_deleted"
+                elif time is not None and changed_at is not None and time < changed_at:
+                    outcome = "ignored_stale"
                 else:
-                    await repo.upsert_recipient(conn=conn, row=logic.directory_update(current, user_id, fields))
+                    await repo.upsert_recipient(conn=conn, row=logic.directory_update(current, user_id, fields), changed_at=time)
                     outcome = "updated"
         await self.cache.invalidate(user_id)
         return outcome

@@ -23,25 +23,27 @@ def _directory(row: Mapping[str, Any]) -> Directory:
     )
 
 
-async def recipient(*, conn: Any, user_id: str, for_update: bool = False) -> tuple[Directory | None, bool]:
-    """A user's directory row and whether the user was deleted ((None, False) when unknown)."""
+async def recipient(*, conn: Any, user_id: str, for_update: bool = False) -> tuple[Directory | None, bool, datetime | None]:
+    """A user's directory row, whether the user was deleted, and when it last changed ((None, False, None) when unknown)."""
     lock = " FOR UPDATE" if for_update else ""
-    row = await conn.fetchrow(f"SELECT {_RECIPIENT_COLUMNS} FROM router.recipients WHERE user_id = $1{lock}", user_id)
+    row = await conn.fetchrow(f"SELECT {_RECIPIENT_COLUMNS}, changed_at FROM router.recipients WHERE user_id = $1{lock}", user_id)
     if row is None:
-        return None, False
-    return (None, True) if row["deleted_at"] is not None else (_directory(row), False)
+        return None, False, None
+    return (None, True, row["changed_at"]) if row["deleted_at"] is not None else (_directory(row), False, row["changed_at"])
 
 
-async def upsert_recipient(*, conn: Any, row: Directory) -> bool:
-    """Insert or replace a user's directory row; False (and nothing written) when the user was deleted."""
+async def upsert_recipient(*, conn: Any, row: Directory, changed_at: datetime | None = None) -> bool:
+    """Insert or replace a user's directory row as of ``changed_at`` (default: now); False (and nothing written) when
+    the user was deleted or the row holds a newer change."""
     status = await conn.execute(
         """
-        INSERT INTO router.recipients AS r (user_id, email, phone, phone_verified_at, locale, timezone)
-        VALUES ($1, $2, $3, $4, $5, $6)
+        INSERT INTO router.recipients AS r (user_id, email, phone, phone_verified_at, locale, timezone, changed_at)
+        VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, now()))
         ON CONFLICT (user_id) DO UPDATE
            SET email = EXCLUDED.email, phone = EXCLUDED.phone, phone_verified_at = EXCLUDED.phone_verified_at,
-               locale = EXCLUDED.locale, timezone = EXCLUDED.timezone, updated_at = now()
-         WHERE r.deleted_at IS NULL
+               locale = EXCLUDED.locale, timezone = EXCLUDED.timezone, updated_at = now(),
+               changed_at = GREATEST(r.changed_at, EXCLUDED.changed_at)
+         WHERE r.deleted_at IS NULL AND (r.changed_at IS NULL OR r.changed_at <= EXCLUDED.changed_at)
         """,
         row.user_id,
         row.email,
@@ -49,6 +51,7 @@ async def upsert_recipient(*, conn: Any, row: Directory) -> bool:
         row.phone_verified_at,
         row.locale,
         row.timezone,
+        changed_at,
     )
     return status.endswith(" 1")
 

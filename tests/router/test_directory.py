@@ -1,6 +1,6 @@
 """The recipients directory: kept current by user.* events and by PUT /v1/recipients/{user_id}."""
 
-from ..support import STARTS, Moment, bearer
+from ..support import STARTS, Moment, bearer, eventually
 
 VERIFIED = Moment(days=-1, hour=12)  # when the phone number was verified: yesterday
 from .conftest import by_channel, new_user
@@ -91,3 +91,34 @@ async def test_an_invalid_phone_in_a_user_event_is_dead_lettered(router, db):
         [dead] = await dlq.wait_for(1)
     assert dict(dead.headers)["herald-reason"] == b"invalid_data"
     assert await db.fetchval("SELECT count(*) FROM router.recipients WHERE user_id = $1", user) == 0
+
+
+async def test_a_user_update_older_than_the_directory_row_does_not_overwrite_it(router, db):
+    import datetime as dt
+
+    user = new_user()
+    now = dt.datetime.now(dt.UTC)
+
+    async def email_of() -> str | None:
+        return await db.fetchval("SELECT email FROM router.recipients WHERE user_id = $1", user)
+
+    async def published(event_type: str, email: str, at: dt.datetime) -> None:
+        event = await router.publish(event_type, {"user_id": user, "email": email}, time=at.isoformat())
+        await router.trace(event["id"], 1) if event_type == "user.created" else None
+
+    await router.publish("user.updated", {"user_id": user, "email": "new@example.com"}, time=now.isoformat())
+    await eventually(lambda: _equals(email_of, "new@example.com"), what="the newer address applied")
+    # Older events arriving after it (a producer's retry, another partition): applied in event time, so ignored.
+    await router.publish("user.updated", {"user_id": user, "email": "old@example.com"}, time=(now - dt.timedelta(hours=1)).isoformat())
+    await published("user.created", "first@example.com", now - dt.timedelta(days=1))
+    newest = await router.publish("user.updated", {"user_id": user, "locale": "de"}, time=(now + dt.timedelta(seconds=1)).isoformat())
+    await eventually(lambda: _equals(lambda: db.fetchval("SELECT locale FROM router.recipients WHERE user_id = $1", user), "de"), what="the newest change applied")
+    assert await email_of() == "new@example.com"
+    assert newest["id"]
+    # An API PUT is a change as of now, newer than every event so far.
+    assert (await router.put_recipient(user, email="put@example.com")).status_code == 200
+    assert await email_of() == "put@example.com"
+
+
+async def _equals(probe, expected) -> bool:
+    return await probe() == expected
