@@ -24,23 +24,48 @@ def _credentials(request: Request, scheme: str) -> str:
     return credentials.strip()
 
 
+_jwks_clients: dict[tuple[str, float], jwt.PyJWKClient] = {}
+
+
+def jwks_client(settings: HeraldSettings) -> jwt.PyJWKClient:
+    """One cached client per JWKS URL: the key set is fetched again when it ages out or a token names an unknown kid."""
+    assert settings.jwt_jwks_url is not None
+    key = (settings.jwt_jwks_url, settings.jwt_jwks_cache_seconds)
+    if key not in _jwks_clients:
+        _jwks_clients[key] = jwt.PyJWKClient(settings.jwt_jwks_url, lifespan=settings.jwt_jwks_cache_seconds, timeout=5, cooldown_duration=0)
+    return _jwks_clients[key]
+
+
 def decode_user_token(settings: HeraldSettings, token: str) -> str:
     """The user id (``sub``) of a valid token; raises ``jwt.InvalidTokenError`` otherwise.
 
-    Exactly one algorithm is accepted, the one the settings imply (RS256 with a
-    public key, HS256 with a shared secret), so ``alg: none`` and HS/RS
-    confusion are refused by construction.
+    A token whose header names a ``kid`` is checked against the key of that id in
+    ``HERALD_JWT_JWKS_URL`` (when set), with the asymmetric algorithms of
+    ``HERALD_JWT_JWKS_ALGORITHMS`` and the key's own; any other token with the one
+    algorithm the settings imply (RS256 with a public key, HS256 with a shared
+    secret). ``alg: none`` and HS/RS confusion are refused by construction. May
+    fetch the key set over the network (cached): call it off the event loop.
     """
-    if settings.jwt_public_key:
-        key, algorithm = settings.jwt_public_key, "RS256"
-    elif settings.jwt_secret is not None:
-        key, algorithm = settings.jwt_secret.get_secret_value(), "HS256"
+    header = jwt.get_unverified_header(token)
+    if settings.jwt_jwks_url and header.get("kid"):
+        try:
+            signing = jwks_client(settings).get_signing_key(header["kid"])
+        except jwt.PyJWKClientConnectionError as exc:
+            raise jwt.InvalidTokenError(f"the key set at HERALD_JWT_JWKS_URL cannot be fetched: {type(exc).__name__}") from None
+        except jwt.PyJWKClientError as exc:
+            raise jwt.InvalidTokenError(str(exc)) from None
+        allowed = [a for a in settings.jwt_jwks_algorithms if signing.algorithm_name in (None, a)]
+        key, algorithms = signing.key, allowed
+    elif settings.jwt_public_key:
+        key, algorithms = settings.jwt_public_key, ["RS256"]
+    elif settings.jwt_secret is not None and settings.jwt_secret.get_secret_value():
+        key, algorithms = settings.jwt_secret.get_secret_value(), ["HS256"]
     else:
-        raise jwt.InvalidTokenError("no JWT key is configured")
+        raise jwt.InvalidTokenError("no JWT key is configured for this token" + (" (it names no kid)" if settings.jwt_jwks_url else ""))
     claims = jwt.decode(
         token,
         key,
-        algorithms=[algorithm],
+        algorithms=algorithms,
         audience=settings.jwt_audience,
         options={"require": ["exp", "sub", "aud"]},
     )

@@ -118,6 +118,9 @@ class HeraldSettings(BaseSettings):
 
     jwt_secret: SecretStr | None = SecretStr(DEV_JWT_SECRET)
     jwt_public_key: str | None = None
+    jwt_jwks_url: str | None = None  # the identity provider's JWKS: tokens with a `kid` are checked against its keys (rotation)
+    jwt_jwks_algorithms: CommaList = ["RS256", "ES256"]  # what a JWKS key may sign with (never HS*)
+    jwt_jwks_cache_seconds: float = Field(default=300.0, gt=0)  # how long the key set is kept; an unknown kid fetches it again
     jwt_audience: str = "herald"
     api_keys: SecretStr = SecretStr(DEV_API_KEYS)  # name:scope+scope=key or name:scopes=sha256:<hex>, comma-separated (docs/security.md)
     api_key_sources: str = ""  # name=source source,…: the CloudEvents sources a key name may publish (unset: any)
@@ -163,6 +166,18 @@ class HeraldSettings(BaseSettings):
     @property
     def retry_tiers_seconds(self) -> list[int]:
         return [int(v) for v in self.retry_tiers]
+
+    @field_validator("jwt_jwks_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        return split_commas(value)
+
+    @field_validator("jwt_jwks_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        if not value or any(a.upper().startswith("HS") or a.lower() == "none" for a in value):
+            raise ValueError("HERALD_JWT_JWKS_ALGORITHMS takes asymmetric algorithms only (RS256, ES256, PS256, EdDSA…)")
+        return value
 
     @field_validator("body_limits", mode="before")
     @classmethod
@@ -225,9 +240,11 @@ class HeraldSettings(BaseSettings):
 
     def production_secrets(self) -> Iterator[Secret]:
         """Every secret this service uses, as production must have it; services add theirs."""
-        if self.jwt_public_key is None:
-            value = self.jwt_secret.get_secret_value() if self.jwt_secret else None
-            yield Secret("HERALD_JWT_SECRET (or HERALD_JWT_PUBLIC_KEY)", value)
+        value = self.jwt_secret.get_secret_value() if self.jwt_secret else None
+        if self.jwt_public_key is None and self.jwt_jwks_url is None:
+            yield Secret("HERALD_JWT_SECRET (or HERALD_JWT_PUBLIC_KEY, HERALD_JWT_JWKS_URL)", value)
+        else:  # beside a public key or JWKS the shared secret is optional: empty turns HS256 off, set it is checked
+            yield Secret("HERALD_JWT_SECRET (set it empty to accept only HERALD_JWT_PUBLIC_KEY / HERALD_JWT_JWKS_URL)", value, required=False)
         raw = self.api_keys.get_secret_value().strip()
         if not raw:
             yield Secret("HERALD_API_KEYS", None)

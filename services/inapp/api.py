@@ -5,6 +5,7 @@ Another user's notification answers 404 exactly like a missing one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -208,7 +209,7 @@ async def _stream_user(request: Request, res: Resources, token: str | None) -> s
             headers={"WWW-Authenticate": "Bearer"},
         )
     try:
-        return decode_user_token(settings, credentials.strip())
+        return await asyncio.to_thread(decode_user_token, settings, credentials.strip())  # may fetch the JWKS
     except jwt.InvalidTokenError as exc:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail=f"invalid token: {exc}", headers={"WWW-Authenticate": "Bearer"}) from None
 
