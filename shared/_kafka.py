@@ -16,6 +16,7 @@ from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
+from ._logging import mask_text
 from ._models import Channel
 from ._settings import HeraldSettings
 from .events import domain_areas
@@ -150,7 +151,7 @@ def dead_letter(
         {
             DLQ_STAGE: stage,
             DLQ_REASON: reason,
-            DLQ_ERROR: error[:2000],
+            DLQ_ERROR: mask_text(error)[:2000],  # errors quote what they refused: no address or number in clear
             DLQ_TOPIC: record.topic,
             DLQ_PARTITION: str(record.partition),
             DLQ_OFFSET: str(record.offset),

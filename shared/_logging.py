@@ -19,6 +19,9 @@ class _ContextFilter(logging.Filter):
         self.service = service
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "herald_masked", False):  # every line, whoever logs it: addresses and numbers masked
+            record.msg, record.args = mask_text(record.getMessage()), None
+            record.herald_masked = True
         record.service = self.service
         record.event_id = getattr(record, "event_id", None) or event_id_var.get()
         record.notification_id = getattr(record, "notification_id", None) or notification_id_var.get()
@@ -33,20 +36,30 @@ def configure_logging(service: str, *, level: str = "INFO", json: bool | None = 
     handler.addFilter(_ContextFilter(service))
     if json:
         handler.setFormatter(
-            JsonFormatter(
+            _MaskedJson(
                 "%(asctime)s %(levelname)s %(name)s %(service)s %(event_id)s %(notification_id)s %(message)s",
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
             )
         )
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(service)s %(name)s: %(message)s [event=%(event_id)s notification=%(notification_id)s]")
+            _MaskedText("%(asctime)s %(levelname)-7s %(service)s %(name)s: %(message)s [event=%(event_id)s notification=%(notification_id)s]")
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     for noisy in ("aiokafka", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _MaskedJson(JsonFormatter):
+    def formatException(self, ei) -> str:  # noqa: ANN001, N802 - logging's signature
+        return mask_text(super().formatException(ei))
+
+
+class _MaskedText(logging.Formatter):
+    def formatException(self, ei) -> str:  # noqa: ANN001, N802
+        return mask_text(super().formatException(ei))
 
 
 def mask_email(address: str | None) -> str:

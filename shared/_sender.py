@@ -45,7 +45,7 @@ from ._app import KafkaResources, OutageBackoff, Resources
 from ._breaker import ChannelGate, GateState, hold_key, resume_key
 from ._exceptions import Misconfigured, PermanentError, Suppressed, TransientError, describe, is_outage, patiently
 from ._kafka import Outgoing, dead_letter, header, publish_many, subscriber_options
-from ._logging import event_id_var, notification_id_var
+from ._logging import event_id_var, mask_text, notification_id_var
 from ._models import Channel, DeliveryState, DeliveryStatus, Dispatch, utcnow
 from ._settings import HeraldSettings
 
@@ -425,7 +425,7 @@ class SenderPipeline:
         error = describe(exc)
         log.error("dispatch %s cannot be claimed: %s", dispatch.notification_id, error)
         res.metrics.dead_lettered.labels(self.channel.value, "unclaimable").inc()
-        headers = {"herald-stage": self.channel.value, "herald-reason": "unclaimable", "herald-error": error}
+        headers = {"herald-stage": self.channel.value, "herald-reason": "unclaimable", "herald-error": mask_text(error)[:2000]}
         return [
             self._status(dispatch, DeliveryState.dead_lettered, res, reason="unclaimable"),
             Outgoing(self.settings.dlq_topic, dispatch, key=dispatch.recipient.user_id, headers=headers),
@@ -546,7 +546,7 @@ class SenderPipeline:
             log.error("giving up on %s %s: %s", dispatch.notification_id, why, exc)
             out = await self._record(dispatch, res, DeliveryState.dead_lettered, reason="retries_exhausted", error=str(exc))
             res.metrics.dead_lettered.labels(self.channel.value, "retries_exhausted").inc()
-            headers = {"herald-stage": self.channel.value, "herald-reason": "retries_exhausted", "herald-error": str(exc)[:2000]}
+            headers = {"herald-stage": self.channel.value, "herald-reason": "retries_exhausted", "herald-error": mask_text(str(exc))[:2000]}
             return [*out, Outgoing(self.settings.dlq_topic, dispatch, key=dispatch.recipient.user_id, headers=headers)]
         retry = dispatch.model_copy(update={"attempt": dispatch.attempt + 1, "not_before": next_at})
         log.warning("attempt %d of %s failed (%s); retrying in %.1fs", dispatch.attempt, dispatch.notification_id, exc, delay)

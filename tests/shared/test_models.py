@@ -95,7 +95,7 @@ def test_a_refused_start_exits_with_every_setting_to_fix_and_no_traceback(monkey
         HeraldSettings.load(api_keys=DEV_API_KEYS + ",shop:publish=" + "k" * 12)
     assert str(refused.value).splitlines() == [
         "herald herald: refusing to start; fix these settings:",
-        "  - HERALD_JWT_SECRET (or HERALD_JWT_PUBLIC_KEY) holds a placeholder; set the real value",
+        "  - HERALD_JWT_SECRET (or HERALD_JWT_PUBLIC_KEY, HERALD_JWT_JWKS_URL) holds a placeholder; set the real value",
         "  - HERALD_API_KEYS entry 'dev' holds a placeholder; set the real value",
         "  - HERALD_API_KEYS entry 'shop' is shorter than 32 characters; use a longer random value",
         "  - HERALD_API_KEYS entry 'dev' has no scopes; write it name:scope+scope=key (publish, recipients, traces, admin)",
@@ -124,3 +124,30 @@ def test_retry_delay_grows_exponentially_with_full_jitter_and_honours_retry_afte
         assert 0 <= min(delays) < ceiling * 0.1 and ceiling * 0.9 < max(delays) <= ceiling
     assert retry_delay(1, base=1, cap=30, retry_after=20, rng=rng) >= 20
     assert retry_delay(1, base=1, cap=30, retry_after=1000, rng=rng) == 1000  # a provider's Retry-After is not cut to the cap
+
+
+def test_every_log_line_is_masked_whoever_logs_it_tracebacks_too(capfd):
+    import logging
+
+    from shared._logging import configure_logging
+
+    configure_logging("t", json=True)
+    log = logging.getLogger("some.library")
+    log.warning("could not deliver to %s at %s", "ada.lovelace@example.com", "+14155550123")
+    try:
+        raise ValueError("refused grace@example.org")
+    except ValueError:
+        log.exception("failed")
+    err = capfd.readouterr().err
+    assert "ada.lovelace@example.com" not in err and "+14155550123" not in err and "grace@example.org" not in err
+    assert "a***@example.com" in err and "g***@example.org" in err  # what is kept: the domain, the shape
+
+
+def test_dead_letter_headers_hold_no_address_or_number_in_clear():
+    from aiokafka import ConsumerRecord
+
+    from shared._kafka import dead_letter
+
+    record = ConsumerRecord("notify.email", 0, 7, 0, 0, None, b"{}", None, 0, 0, [])
+    out = dead_letter(HeraldSettings(environment="test"), record, stage="email", reason="invalid_data", error="bad address ada@example.com, phone +491511234567")
+    assert out.headers["herald-error"] == "bad address a***@example.com, phone +4915******67"
