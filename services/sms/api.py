@@ -86,6 +86,8 @@ def _number(raw: str | None, settings: Settings) -> logic.Number:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"phone: {exc}") from None
     if not logic.country_allowed(number, settings.sms_allowed_countries):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"phone: SMS to country {number.country or 'unknown'} is not available")
+    if not logic.kind_allowed(number, settings.sms_allowed_costly_types):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"phone: SMS to {number.kind.replace('_', ' ')} numbers is not available")
     return number
 
 
@@ -101,8 +103,11 @@ def _number(raw: str | None, settings: Settings) -> logic.Number:
     },
 )
 async def start_verification(body: VerificationRequest, user_id: UserId, res: AppResources) -> Any:
-    settings, delivery, _ = _parts(res)
+    settings, delivery, codes = _parts(res)
     number = _number(body.phone, settings)
+    locked = await codes.locked_for(phone=number.e164, limit=settings.verify_lock_failures)
+    if locked:
+        return _refuse(status.HTTP_429_TOO_MANY_REQUESTS, "too many wrong codes for this number; it is locked for now", retry_after=locked)
     limiter = delivery.limiter(res)
     grant = await limiter.acquire(
         *logic.verification_limits(
@@ -156,6 +161,7 @@ async def _send_code(res: Any, *, user_id: str, number: logic.Number, locale: st
     responses={
         400: {"description": "Wrong code (the answer says how many tries are left)"},
         410: {"description": "No code pending: never sent, expired, used, or invalidated by too many wrong tries"},
+        429: {"description": "Too many wrong codes for this number across codes: locked; Retry-After says how long"},
         503: {"description": "The verified number could not be announced; try again"},
     },
 )
@@ -165,6 +171,10 @@ async def check_verification(body: VerificationCheck, user_id: UserId, res: AppR
     gone = "no code pending: it expired, was used, or was invalidated; request a new one"
     if attempt is None or attempt.tries > settings.verify_max_tries:
         return _refuse(status.HTTP_410_GONE, gone)
+    locked = await codes.locked_for(phone=attempt.phone, limit=settings.verify_lock_failures)
+    if locked:
+        await codes.forget(user_id=user_id, digest=attempt.stored_hash)
+        return _refuse(status.HTTP_429_TOO_MANY_REQUESTS, "too many wrong codes for this number; it is locked for now", retry_after=locked)
     same_number = body.phone is None or _same(body.phone, attempt.phone)
     if same_number and codes.matches(attempt, user_id=user_id, code=body.code.strip()):
         verified_at = datetime.now(UTC)
@@ -174,8 +184,14 @@ async def check_verification(body: VerificationCheck, user_id: UserId, res: AppR
             log.exception("could not announce the verified number of user %s", user_id)
             return _refuse(status.HTTP_503_SERVICE_UNAVAILABLE, "the number could not be recorded as verified; try again")
         await codes.forget(user_id=user_id, digest=attempt.stored_hash)
+        await codes.redis.delete(codes.failures_key(attempt.phone))  # the owner answered: earlier wrong tries no longer count
         log.info("user %s verified %s", user_id, mask_phone(attempt.phone))
         return Verified(phone=attempt.phone, phone_verified_at=verified_at)
+    failures = await codes.failed(phone=attempt.phone, window=settings.verify_lock_seconds)
+    if failures >= settings.verify_lock_failures:
+        await codes.forget(user_id=user_id, digest=attempt.stored_hash)
+        log.warning("verification of %s locked after %d wrong codes (user %s)", mask_phone(attempt.phone), failures, user_id)
+        return _refuse(status.HTTP_429_TOO_MANY_REQUESTS, "wrong code; too many for this number, it is locked for now", retry_after=settings.verify_lock_seconds)
     left = settings.verify_max_tries - attempt.tries
     if left <= 0:
         await codes.forget(user_id=user_id, digest=attempt.stored_hash)

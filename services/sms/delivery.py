@@ -77,6 +77,8 @@ class SmsDelivery:
             raise PermanentError("invalid_number", f"{mask_phone(dispatch.recipient.phone)}: {exc}") from None
         if not logic.country_allowed(number, self.settings.sms_allowed_countries):
             raise Suppressed("country_not_allowed", f"destination country {number.country or 'unknown'} is not allowed")
+        if not logic.kind_allowed(number, self.settings.sms_allowed_costly_types):
+            raise Suppressed("number_type_not_allowed", f"{number.kind} numbers cost more than an SMS should; HERALD_SMS_ALLOWED_COSTLY_TYPES allows them")
         return number
 
     async def deliver(self, dispatch: Dispatch, res: Resources) -> str:

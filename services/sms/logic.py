@@ -34,6 +34,17 @@ class InvalidNumber(ValueError):
 class Number:
     e164: str
     country: str  # ISO 3166 alpha-2, e.g. "US"
+    kind: str = "unknown"  # phonenumbers' number type, lower case: mobile, fixed_line_or_mobile, premium_rate…
+
+
+#: Number types that cost the sender (or the recipient) more than a normal SMS, or reach no person's phone:
+#: refused unless HERALD_SMS_ALLOWED_COSTLY_TYPES names them.
+COSTLY_TYPES = frozenset({"premium_rate", "shared_cost", "uan", "personal_number", "pager", "voicemail"})
+
+
+def kind_allowed(number: Number, allowed_costly: list[str]) -> bool:
+    """Whether ``number``'s type may receive SMS: any ordinary type, a costly one only when allowed."""
+    return number.kind not in COSTLY_TYPES or number.kind in {k.lower() for k in allowed_costly}
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,9 @@ def parse_number(raw: str | None) -> Number:
     if not phonenumbers.is_valid_number(parsed):
         raise InvalidNumber("not a valid phone number")
     country = phonenumbers.region_code_for_number(parsed) or ""
-    return Number(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), country)
+    kind = phonenumbers.number_type(parsed)
+    name = next((n for n, v in vars(phonenumbers.PhoneNumberType).items() if v == kind and not n.startswith("_") and n.isupper()), "UNKNOWN")
+    return Number(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), country, name.lower())
 
 
 def country_allowed(number: Number, allowed: list[str]) -> bool:

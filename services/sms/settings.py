@@ -36,6 +36,7 @@ class Settings(HeraldSettings):
     sms_allowed_countries: CommaList = Field(
         default=["US", "CA", "GB", "IE", "DE", "AT", "CH", "FR", "NL", "BE", "LU", "ES", "PT", "IT", "DK", "SE", "NO", "FI", "PL", "AU", "NZ"]  # pydantic copies a list default per instance
     )
+    sms_allowed_costly_types: CommaList = []  # premium_rate, shared_cost, uan, personal_number, pager, voicemail: refused unless named
     sms_max_segments: int = Field(default=3, ge=1, le=10)
     sms_price_default_usd: float = Field(default=0.05, ge=0)
     sms_prices_usd: CommaList = Field(
@@ -54,10 +55,12 @@ class Settings(HeraldSettings):
     verify_max_requests: int = Field(default=3, ge=1)
     verify_window_seconds: int = Field(default=600, ge=1)
     verify_cooldown_seconds: int = Field(default=60, ge=0)
-    verify_max_tries: int = Field(default=5, ge=1)
+    verify_max_tries: int = Field(default=5, ge=1)  # wrong tries at one code before it is invalid
+    verify_lock_failures: int = Field(default=10, ge=1)  # wrong tries at a number, across codes, before the number is locked
+    verify_lock_seconds: int = Field(default=86_400, ge=60)  # the window those are counted in, and how long the lock lasts
     verify_code_secret: SecretStr | None = None  # key of the stored code hashes; unset: derived from the Twilio auth token
 
-    _split = field_validator("sms_allowed_countries", "sms_prices_usd", mode="before")(split_commas)
+    _split = field_validator("sms_allowed_countries", "sms_prices_usd", "sms_allowed_costly_types", mode="before")(split_commas)
 
     @field_validator("twilio_api_base")
     @classmethod

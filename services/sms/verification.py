@@ -40,6 +40,25 @@ class PendingCodes:
     def key(self, user_id: str) -> str:
         return f"{self.prefix}verify:code:{user_id}"
 
+    def failures_key(self, phone: str) -> str:
+        return f"{self.prefix}verify:failures:{phone}"
+
+    async def failed(self, *, phone: str, window: int) -> int:
+        """Count a wrong try at ``phone`` (whatever the code); how many in the window so far."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(self.failures_key(phone))
+            pipe.expire(self.failures_key(phone), window, nx=True)
+            count, _ = await pipe.execute()
+        return int(count)
+
+    async def locked_for(self, *, phone: str, limit: int) -> int:
+        """Seconds until ``phone`` may be verified again after ``limit`` wrong tries across codes; 0 when it may now."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(self.failures_key(phone))
+            pipe.ttl(self.failures_key(phone))
+            count, ttl = await pipe.execute()
+        return max(int(ttl), 1) if count is not None and int(count) >= limit else 0
+
     async def store(self, *, user_id: str, phone: str, code: str) -> str:
         """Keep the hash of a new code for ``user_id`` (replacing any earlier one); returns the hash."""
         digest = logic.hash_code(self.secret, user_id=user_id, phone=phone, code=code)

@@ -76,6 +76,7 @@ def sms_settings(infra, namespace, sandbox_server):
             sms_redis_prefix=f"{namespace}sms:",
             sms_provider_mps=1000,
             public_url="http://test",
+            sms_allowed_costly_types="personal_number",  # Twilio's magic test numbers are NANP 500 (personal) numbers
         )
         values.update(overrides)
         return settings_for(Settings, infra, namespace, **values)

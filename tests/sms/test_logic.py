@@ -60,8 +60,8 @@ def test_a_long_body_is_cut_at_a_character_boundary_to_the_maximum_segments():
 
 
 def test_numbers_are_parsed_to_e164_with_their_country():
-    assert logic.parse_number("+1 (415) 555-0100") == logic.Number("+14155550100", "US")
-    assert logic.parse_number("+4915112345678") == logic.Number("+4915112345678", "DE")
+    assert logic.parse_number("+1 (415) 555-0100") == logic.Number("+14155550100", "US", "fixed_line_or_mobile")
+    assert logic.parse_number("+4915112345678") == logic.Number("+4915112345678", "DE", "mobile")
     for bad in (None, "", "4155550100", "hello"):
         with pytest.raises(logic.InvalidNumber, match="must start with"):
             logic.parse_number(bad)
@@ -190,3 +190,12 @@ def test_production_refuses_placeholder_twilio_credentials_and_a_short_code_secr
     settings = Settings(**real, twilio_auth_token=token)
     assert settings.code_key() != Settings(**real, twilio_auth_token=other).code_key()
     assert Settings(**real, twilio_auth_token=token, verify_code_secret=code_secret).code_key() == code_secret.encode()
+
+
+def test_number_types_from_phonenumbers_and_which_are_costly():
+    assert logic.parse_number("+4915112345678").kind == "mobile"
+    assert logic.parse_number("+14155550100").kind == "fixed_line_or_mobile"
+    premium = logic.parse_number("+19005550123")
+    assert premium.kind == "premium_rate" and not logic.kind_allowed(premium, [])
+    assert logic.kind_allowed(premium, ["premium_rate"]) and logic.kind_allowed(logic.parse_number("+4930123456"), [])
+    assert logic.parse_number("+15005550009").kind == "personal_number" and not logic.kind_allowed(logic.parse_number("+15005550009"), ["pager"])

@@ -83,6 +83,16 @@ async def test_a_number_outside_the_allowed_countries_is_suppressed(infra, sms_s
     assert await sandbox.messages() == []
 
 
+async def test_a_premium_rate_number_is_suppressed_before_the_provider(infra, sms_settings, sandbox):
+    settings = sms_settings()
+    d = dispatch("+19005550123")
+    async with sms_app(settings):
+        await produce_all(infra.kafka_bootstrap, settings.notify_topic("sms"), [d])
+        [status] = await statuses_of(infra, settings, {d.notification_id}, final=1)
+    assert (status["status"], status["reason"]) == ("suppressed", "number_type_not_allowed")
+    assert await sandbox.messages() == []
+
+
 async def test_a_number_twilio_refuses_fails_permanently_and_gives_its_cap_slot_back(infra, sms_settings, sandbox, redis_client):
     settings = sms_settings()
     d = dispatch("+15005550001")

@@ -144,3 +144,43 @@ async def test_bad_requests_get_clear_4xx_answers(sms_settings, sandbox):
     assert refused.status_code == 422 and "not_sms_capable" in refused.json()["detail"]
     assert no_body.status_code == 422
     assert await sandbox.messages() == []
+
+
+async def test_wrong_codes_across_several_codes_lock_the_number(sms_settings, sandbox):
+    """Five wrong tries per code would give a guesser unlimited codes; the number locks after ten across them."""
+    settings = sms_settings(verify_cooldown_seconds=0, verify_max_requests=10, verify_max_tries=5, verify_lock_failures=7)
+    guesser, phone = user(), new_phone()
+    async with sms_app(settings) as client:
+
+        async def wrong_tries(count: int) -> list:
+            code = await code_sent_to(sandbox, phone, count=len(await sandbox.messages(phone)))
+            wrong = f"{(int(code) + 1) % 1_000_000:06d}"
+            return [await client.post(CHECK, json={"code": wrong}, headers=bearer(settings, guesser)) for _ in range(count)]
+
+        assert (await client.post(START, json={"phone": phone}, headers=bearer(settings, guesser))).status_code == 202
+        first = await wrong_tries(5)
+        assert [a.status_code for a in first] == [400] * 5  # the first code is spent
+        assert (await client.post(START, json={"phone": phone}, headers=bearer(settings, guesser))).status_code == 202
+        second = await wrong_tries(2)
+        assert [a.status_code for a in second] == [400, 429]  # the seventh wrong try across codes locks the number
+        assert int(second[1].headers["Retry-After"]) == settings.verify_lock_seconds
+        again = await client.post(START, json={"phone": phone}, headers=bearer(settings, guesser))
+        someone_else = await client.post(START, json={"phone": phone}, headers=bearer(settings, user()))
+        other_number = await client.post(START, json={"phone": new_phone()}, headers=bearer(settings, guesser))
+    assert again.status_code == someone_else.status_code == 429 and "locked" in again.json()["detail"]
+    assert 0 < int(again.headers["Retry-After"]) <= settings.verify_lock_seconds
+    assert other_number.status_code == 202  # the lock is the number's
+    assert len(await sandbox.messages(phone)) == 2  # no code went out while locked
+
+
+async def test_premium_rate_and_other_costly_numbers_are_refused_unless_allowed(sms_settings, sandbox):
+    settings = sms_settings()
+    allowing = sms_settings(sms_allowed_costly_types="premium_rate")
+    assert "premium_rate" not in settings.sms_allowed_costly_types
+    me = user()
+    async with sms_app(settings) as client:
+        premium = await client.post(START, json={"phone": "+19005550123"}, headers=bearer(settings, me))
+    assert premium.status_code == 422 and premium.json()["detail"] == "phone: SMS to premium rate numbers is not available"
+    assert await sandbox.messages("+19005550123") == []
+    async with sms_app(allowing) as client:
+        assert (await client.post(START, json={"phone": "+19005550123"}, headers=bearer(allowing, me))).status_code == 202
