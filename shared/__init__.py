@@ -35,7 +35,7 @@ from ._models import (
     notification_id,
     utcnow,
 )
-from ._ratelimit import Grant, Limit, RateLimiter
+from ._ratelimit import Grant, Limit, RateLimiter, per_address, per_user
 from ._sender import Clock, Deliver, Ledger, SenderPipeline, retry_delay
 from ._templates import MessageTemplates, TemplateError, local_times
 from ._settings import CommaList, HeraldSettings, Secret, UnsafeProductionSettings, looks_like_placeholder, split_commas, url_password
@@ -74,6 +74,8 @@ __all__ = [
     "Outgoing",
     "PermanentError",
     "RateLimiter",
+    "per_address",
+    "per_user",
     "Recipient",
     "Resources",
     "SenderPipeline",

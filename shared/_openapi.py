@@ -31,6 +31,15 @@ BAD_BODY: dict[str, Any] = {
         }
     },
 }
+TOO_MANY: dict[str, Any] = {
+    "description": "Too many requests from this address (or for this user); Retry-After says when to try again",
+    "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
+    "content": {
+        "application/json": {
+            "schema": {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"], "title": "TooManyRequests"}
+        }
+    },
+}
 FORBIDDEN: dict[str, Any] = {
     "description": "The service key lacks the scope this route needs",
     "content": {
@@ -39,6 +48,10 @@ FORBIDDEN: dict[str, Any] = {
         }
     },
 }
+
+
+def _limited(dependant: Dependant) -> bool:
+    return any(hasattr(d.call, "herald_rate_group") or _limited(d) for d in dependant.dependencies)
 
 
 def _scoped(dependant: Dependant) -> bool:
@@ -72,6 +85,8 @@ def complete_openapi(app: FastAPI) -> None:
                 extra["401"] = UNAUTHORIZED
             if _scoped(route.dependant):
                 extra["403"] = FORBIDDEN
+            if _limited(route.dependant):
+                extra["429"] = TOO_MANY
             if route.body_field is not None:
                 extra["400"] = BAD_BODY
             for method in route.methods:

@@ -15,11 +15,19 @@ the same ``{hash tag}`` in them.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
+from fastapi import HTTPException, Request, status
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
 
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -117,3 +125,49 @@ class RateLimiter:
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         await self.redis.zremrangebyscore(limit.key, "-inf", now_ms - int(limit.window * 1000))
         return int(await self.redis.zcard(limit.key))
+
+
+# ---------------------------------------------------------------------------- public endpoints
+
+PUBLIC_GROUPS = ("webhooks", "unsubscribe", "stream", "verification")
+
+
+def _limiter(res: Any) -> RateLimiter:
+    limiter = res.extra.get("public_limiter")
+    if limiter is None:
+        limiter = res.extra["public_limiter"] = RateLimiter(res.redis)
+    return limiter
+
+
+async def _take(res: Any, group: str, who: str, per_minute: int, what: str) -> None:
+    if per_minute <= 0:
+        return
+    key = f"{res.settings.control_prefix()}public:{group}:{who}"
+    try:
+        grant = await _limiter(res).acquire(Limit(key, per_minute, 60))
+    except RedisError as exc:  # the endpoint stays available; the limit is back with Redis
+        log.warning("rate limit of %s not checked (Redis: %s)", group, exc)
+        return
+    if not grant:
+        wait = max(1, math.ceil(grant.retry_after))
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS, detail=f"too many requests {what}; retry in {wait}s", headers={"Retry-After": str(wait)}
+        )
+
+
+def per_address(group: str) -> Callable[[Request], Awaitable[None]]:
+    """FastAPI dependency: at most ``HERALD_PUBLIC_RATE_LIMITS[group]`` requests a minute from one client address (429)."""
+
+    async def dependency(request: Request) -> None:
+        res = request.app.state.resources
+        address = request.client.host if request.client else "unknown"
+        await _take(res, group, f"address:{address}", res.settings.public_rate_table().get(group, 0), "from this address")
+
+    dependency.__name__ = f"per_address_{group}"
+    dependency.herald_rate_group = group  # type: ignore[attr-defined]  # documented as 429 (shared/_openapi.py)
+    return dependency
+
+
+async def per_user(res: Any, group: str, user_id: str) -> None:
+    """At most ``HERALD_PUBLIC_USER_RATE_LIMITS[group]`` requests a minute for one user (429)."""
+    await _take(res, group, f"user:{user_id}", res.settings.public_user_rate_table().get(group, 0), "for this user")

@@ -130,6 +130,9 @@ class HeraldSettings(BaseSettings):
     router_url: str = "http://127.0.0.1:8102"  # services that change preferences call the router's API here
 
     concurrency: int = Field(default=64, ge=1)
+    # unauthenticated endpoints, per client address and (where there is one) per user, a minute (0: no limit)
+    public_rate_limits: CommaList = ["webhooks=6000", "unsubscribe=60", "stream=120", "verification=60"]
+    public_user_rate_limits: CommaList = ["stream=60"]
     max_body_bytes: int = Field(default=65_536, ge=1024)  # a larger request body is refused with 413 while it is read
     body_limits: CommaList = []  # routes with their own limit: "path-prefix=bytes,…" (the longest prefix wins)
 
@@ -178,6 +181,26 @@ class HeraldSettings(BaseSettings):
         if not value or any(a.upper().startswith("HS") or a.lower() == "none" for a in value):
             raise ValueError("HERALD_JWT_JWKS_ALGORITHMS takes asymmetric algorithms only (RS256, ES256, PS256, EdDSA…)")
         return value
+
+    @field_validator("public_rate_limits", "public_user_rate_limits", mode="before")
+    @classmethod
+    def _split_rates(cls, value: object) -> object:
+        return split_commas(value)
+
+    @field_validator("public_rate_limits", "public_user_rate_limits")
+    @classmethod
+    def _check_rates(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            group, sep, rate = entry.partition("=")
+            if not sep or not rate.strip().isdigit():
+                raise ValueError(f"rate limit entry {entry!r} is not of the form group=requests-per-minute (groups: webhooks, unsubscribe, stream, verification)")
+        return value
+
+    def public_rate_table(self) -> dict[str, int]:
+        return {g.strip(): int(r) for g, _, r in (e.partition("=") for e in self.public_rate_limits)}
+
+    def public_user_rate_table(self) -> dict[str, int]:
+        return {g.strip(): int(r) for g, _, r in (e.partition("=") for e in self.public_user_rate_limits)}
 
     @field_validator("body_limits", mode="before")
     @classmethod

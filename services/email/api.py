@@ -8,11 +8,11 @@ from typing import Annotated
 from urllib.parse import quote, urlencode
 
 import httpx
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
-from shared import AppResources, Category
+from shared import AppResources, Category, per_address
 
 from .logic import InvalidToken, preference_patch, read_unsubscribe_token
 from .settings import Settings
@@ -48,6 +48,7 @@ def _verified(settings: Settings, token: str) -> tuple[str, Category]:
     "/unsubscribe",
     summary="One-click unsubscribe (RFC 8058): switch the token's category off for email",
     responses={**_BAD_TOKEN, 502: {"model": Problem, "description": "The router is unreachable or did not accept the change"}},
+    dependencies=[Depends(per_address("unsubscribe"))],
 )
 async def unsubscribe(token: Token, res: AppResources) -> Unsubscribed:
     settings: Settings = res.settings  # type: ignore[assignment]
@@ -73,6 +74,7 @@ async def unsubscribe(token: Token, res: AppResources) -> Unsubscribed:
     response_class=HTMLResponse,
     summary="A page confirming the unsubscribe with one button (GET changes nothing)",
     responses={400: {"description": "The token is forged, expired or malformed (an HTML page saying so)", "content": {"text/html": {}}}},
+    dependencies=[Depends(per_address("unsubscribe"))],
 )
 async def unsubscribe_page(token: Token, res: AppResources) -> HTMLResponse:
     settings: Settings = res.settings  # type: ignore[assignment]

@@ -16,13 +16,13 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import jwt
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
-from shared import AppResources, Category, Resources, UserId, decode_user_token
+from shared import AppResources, Category, Resources, UserId, decode_user_token, per_address, per_user
 
 from . import logic, repo, stream
 from .settings import Settings
@@ -222,9 +222,10 @@ async def _stream_user(request: Request, res: Resources, token: str | None) -> s
         200: {"content": {"text/event-stream": {}}},
         400: {"description": "Bad Last-Event-ID"},
         401: {"description": "No valid token"},
-        429: {"description": "Too many open streams for this user"},
+        429: {"description": "Too many open streams for this user, or too many connects from this address or for this user"},
         503: {"description": "Real-time delivery unavailable (Redis)"},
     },
+    dependencies=[Depends(per_address("stream"))],
 )
 async def stream_inbox(
     request: Request,
@@ -234,6 +235,7 @@ async def stream_inbox(
     resume_after: Annotated[str | None, Query(alias="last_event_id", description="Resume after this event id (for a new EventSource)")] = None,
 ) -> EventSourceResponse:
     user_id = await _stream_user(request, res, token)
+    await per_user(res, "stream", user_id)
     try:
         resume = logic.parse_event_id(last_event_id or resume_after)
     except logic.BadCursor as exc:

@@ -8,12 +8,12 @@ from typing import Any, Literal
 
 import stripe
 import yaml
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from shared import AppResources, CloudEvent
+from shared import AppResources, CloudEvent, per_address
 
 from . import intake, logic
 from .api import COMMON_ERRORS, Problem, in_flight, problem
@@ -106,6 +106,7 @@ def build_webhooks(settings: Settings) -> APIRouter:
         ),
         responses=ERRORS,
         response_model_exclude_none=True,
+        dependencies=[Depends(per_address("webhooks"))],
         openapi_extra=_json_body({"Stripe-Signature": "t=<timestamp>,v1=<signature>"}, STRIPE_EVENT, STRIPE_EXAMPLE),
     )
     async def stripe_webhook(request: Request, res: AppResources) -> WebhookReceipt:
@@ -137,6 +138,7 @@ def build_webhooks(settings: Settings) -> APIRouter:
         ),
         responses=ERRORS,
         response_model_exclude_none=True,
+        dependencies=[Depends(per_address("webhooks"))],
         openapi_extra=_json_body(
             {"webhook-id": "The message id (the event id)", "webhook-timestamp": "Unix seconds", "webhook-signature": "v1,<base64 HMAC>"},
             PARTNER_EVENT,

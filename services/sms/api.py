@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from twilio.request_validator import RequestValidator
@@ -26,6 +26,7 @@ from shared import (
     TracesService,
     UserId,
     mask_phone,
+    per_address,
     publish_many,
 )
 from shared.events import UserUpdated
@@ -101,6 +102,7 @@ def _number(raw: str | None, settings: Settings) -> logic.Number:
         429: {"description": "Too many codes requested; Retry-After says how long to wait"},
         503: {"description": "The SMS provider did not take the code; nothing was sent"},
     },
+    dependencies=[Depends(per_address("verification"))],
 )
 async def start_verification(body: VerificationRequest, user_id: UserId, res: AppResources) -> Any:
     settings, delivery, codes = _parts(res)
@@ -164,6 +166,7 @@ async def _send_code(res: Any, *, user_id: str, number: logic.Number, locale: st
         429: {"description": "Too many wrong codes for this number across codes: locked; Retry-After says how long"},
         503: {"description": "The verified number could not be announced; try again"},
     },
+    dependencies=[Depends(per_address("verification"))],
 )
 async def check_verification(body: VerificationCheck, user_id: UserId, res: AppResources) -> Any:
     settings, _, codes = _parts(res)
@@ -222,6 +225,7 @@ def _same(given: str, stored: str) -> bool:
     tags=["webhooks"],
     summary="Twilio message status callback (verified X-Twilio-Signature)",
     responses={403: {"description": "Missing or wrong X-Twilio-Signature"}, 400: {"description": "Not a status callback"}},
+    dependencies=[Depends(per_address("webhooks"))],
 )
 async def twilio_status(request: Request, res: AppResources) -> Response:
     settings: Settings = res.settings  # type: ignore[assignment]

@@ -88,3 +88,12 @@ async def test_a_router_that_refuses_is_reported_as_a_bad_gateway(email_service,
         response = await client.post("/v1/unsubscribe", params={"token": token(settings)})
     assert response.status_code == 502 and "503" in response.json()["detail"]
     assert len(router_api.requests) == 1
+
+
+async def test_unsubscribe_requests_are_limited_per_address(email_service, router_api, redis_client):
+    async with await email_service(router_url=router_api.url, public_rate_limits="unsubscribe=3") as (settings, client):
+        answers = [await client.get("/v1/unsubscribe", params={"token": "not-a-token"}) for _ in range(4)]
+        posted = await client.post("/v1/unsubscribe", params={"token": token(settings)})
+    assert [a.status_code for a in answers] == [400, 400, 400, 429]
+    assert 1 <= int(answers[3].headers["Retry-After"]) <= 60 and "from this address" in answers[3].json()["detail"]
+    assert posted.status_code == 429 and router_api.requests == []  # the limit comes before any work

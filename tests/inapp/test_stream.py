@@ -392,3 +392,22 @@ async def test_an_optional_cap_across_instances_is_kept_in_redis(infra, namespac
 
 async def _zcard_is(redis_client, key: str, count: int) -> bool:
     return await redis_client.zcard(key) == count
+
+
+async def test_stream_connects_are_limited_per_user_and_per_address(infra, namespace, user):
+    settings = settings_for(Settings, infra, namespace, public_rate_limits="stream=5", public_user_rate_limits="stream=2")
+    await make_topics(settings)
+    async with Server(create_app(settings)) as server, httpx.AsyncClient(timeout=10) as client:
+        url = f"{server.url}/v1/inbox/stream"
+
+        async def connect(who: str) -> httpx.Response:
+            async with client.stream("GET", url, headers=bearer(settings, who)) as response:
+                await response.aread() if response.status_code != 200 else None
+                return response
+
+        mine = [(await connect(user)).status_code for _ in range(3)]
+        others = [(await connect(f"{user}-{i}")).status_code for i in range(3)]
+        unauthenticated = await client.get(url)
+    assert mine == [200, 200, 429]  # two connects a minute for one user
+    assert others == [200, 200, 429]  # five a minute from this address, whoever the user (3 + 2)
+    assert unauthenticated.status_code == 429  # the address limit comes before authentication

@@ -149,3 +149,18 @@ async def test_standard_webhooks_refuse_bad_signatures_unknown_partners_and_inva
     ignored = json.dumps({"type": "calendar.synced", "data": {}})
     answered = await ingress.http.post("/v1/webhooks/standard/scheduler", content=ignored, headers=partner_headers(ignored, msg_id="m3"))
     assert answered.status_code == 200 and answered.json()["status"] == "ignored"
+
+
+async def test_webhooks_are_limited_per_source_address_before_any_verification(infra, namespace):
+    from services.ingress.app import create_app
+
+    from ..support import make_topics, running
+    from .conftest import ingress_settings
+
+    settings = ingress_settings(infra, namespace, public_rate_limits="webhooks=2")
+    await make_topics(settings)
+    async with running(create_app(settings)) as http:
+        answers = [await http.post("/v1/webhooks/stripe", content=b"{}", headers={"Stripe-Signature": "t=1,v1=bad"}) for _ in range(3)]
+        partner = await http.post("/v1/webhooks/standard/scheduler", content=b"{}")
+    assert [a.status_code for a in answers] == [400, 400, 429]  # bad signatures, then the address is out of requests
+    assert partner.status_code == 429 and int(partner.headers["Retry-After"]) >= 1
