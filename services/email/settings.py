@@ -24,7 +24,8 @@ class Settings(HeraldSettings):
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 2525
-    smtp_starttls: bool = False  # upgrade the connection with STARTTLS (required when true)
+    # STARTTLS: off; opportunistic (used, the certificate verified, whenever the relay offers it); required
+    smtp_starttls: Literal["off", "opportunistic", "required"] = "opportunistic"
     smtp_use_tls: bool = False  # implicit TLS (port 465)
     smtp_ca_file: str | None = None  # CA bundle that signs the relay's certificate (default: the system's)
     smtp_username: str | None = None
@@ -41,6 +42,13 @@ class Settings(HeraldSettings):
     unsubscribe_ttl_days: float = Field(default=60.0, gt=0)
     unsubscribe_url: str = "http://127.0.0.1:8103/v1/unsubscribe"  # where List-Unsubscribe points (this service, as the world sees it)
     router_api_key: SecretStr | None = None  # key for the router's API; defaults to the first of HERALD_API_KEYS
+
+    @field_validator("smtp_starttls", mode="before")
+    @classmethod
+    def _starttls_words(cls, value: object) -> object:
+        if isinstance(value, bool) or str(value).lower() in {"true", "false", "1", "0", "yes", "no"}:  # the older boolean form
+            return "required" if str(value).lower() in {"true", "1", "yes"} else "off"
+        return value
 
     @field_validator("resend_api_base")
     @classmethod

@@ -16,7 +16,7 @@ from herald.infra import free_port
 from services.email.compose import Rendered, compose
 from services.email.providers.smtp import SmtpProvider
 from services.email.settings import Settings
-from shared import Misconfigured, TransientError
+from shared import Misconfigured
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +64,12 @@ def message():
 
 
 @pytest.mark.real_clock  # OpenSSL checks the certificate against the real clock
-async def test_starttls_is_used_when_configured(tls_relay, certificate):
+@pytest.mark.parametrize("mode", ["opportunistic", "required"])
+async def test_starttls_is_used_with_a_verified_certificate_when_the_relay_offers_it(tls_relay, certificate, mode):
     port, recorder = tls_relay
-    provider = SmtpProvider(Settings(smtp_port=port, smtp_starttls=True, smtp_ca_file=str(certificate[0])))
+    settings = Settings(smtp_port=port, smtp_ca_file=str(certificate[0]), **({"smtp_starttls": mode} if mode != "opportunistic" else {}))
+    assert settings.smtp_starttls == mode  # opportunistic is the default
+    provider = SmtpProvider(settings)
     try:
         message_id = await provider.send(message(), idempotency_key="k")
         await provider.send(message(), idempotency_key="k2")
@@ -77,7 +80,7 @@ async def test_starttls_is_used_when_configured(tls_relay, certificate):
 
 async def test_a_relay_requiring_starttls_refuses_plain_text(tls_relay):
     port, recorder = tls_relay
-    provider = SmtpProvider(Settings(smtp_port=port, smtp_starttls=False))
+    provider = SmtpProvider(Settings(smtp_port=port, smtp_starttls="off"))
     try:
         with pytest.raises(Misconfigured, match="smtp_530"):  # Herald's own configuration: the channel pauses, the message waits
             await provider.send(message(), idempotency_key="k")
@@ -86,15 +89,40 @@ async def test_a_relay_requiring_starttls_refuses_plain_text(tls_relay):
     assert recorder.received == []
 
 
-async def test_an_untrusted_relay_certificate_is_not_accepted(tls_relay):
+@pytest.mark.parametrize("mode", ["opportunistic", "required"])
+async def test_an_untrusted_relay_certificate_is_a_configuration_error_never_a_fall_back_to_plain_text(tls_relay, mode):
     port, recorder = tls_relay
-    provider = SmtpProvider(Settings(smtp_port=port, smtp_starttls=True))
+    provider = SmtpProvider(Settings(smtp_port=port, smtp_starttls=mode))
     try:
-        with pytest.raises(TransientError, match="CERTIFICATE_VERIFY_FAILED"):
+        with pytest.raises(Misconfigured, match="CERTIFICATE_VERIFY_FAILED") as refused:
             await provider.send(message(), idempotency_key="k")
     finally:
         await provider.aclose()
+    assert refused.value.reason == "smtp_tls_certificate"
     assert recorder.received == []
+
+
+@pytest.mark.parametrize(("mode", "sent"), [("opportunistic", True), ("off", True), ("required", False)])
+async def test_a_relay_without_starttls_gets_plain_text_unless_tls_is_required(mode, sent):
+    recorder = Recorder()
+    controller = Controller(recorder, hostname="127.0.0.1", port=free_port(), server_hostname="relay")
+    controller.start()
+    provider = SmtpProvider(Settings(smtp_port=controller.port, smtp_starttls=mode))
+    try:
+        if sent:
+            await provider.send(message(), idempotency_key="k")
+        else:
+            with pytest.raises(Misconfigured) as refused:
+                await provider.send(message(), idempotency_key="k")
+            assert refused.value.reason == "smtp_starttls_unavailable"
+    finally:
+        await provider.aclose()
+        controller.stop()
+    assert recorder.received == ([(["ada@example.com"], False)] if sent else [])
+
+
+def test_the_older_boolean_setting_still_reads():
+    assert Settings(smtp_starttls=True).smtp_starttls == "required" and Settings(smtp_starttls="false").smtp_starttls == "off"
 
 
 async def test_a_pooled_connection_the_relay_closed_is_replaced_without_a_failure():

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from email.message import EmailMessage
 
 import aiosmtplib
 
-from shared import TransientError
+from shared import Misconfigured, TransientError
 
 from ..compose import Email
 from ..logic import smtp_failure
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: aiosmtplib's start_tls for each HERALD_SMTP_STARTTLS: None upgrades whenever the relay offers STARTTLS.
+_START_TLS = {"off": False, "opportunistic": None, "required": True}
 
 
 class SmtpProvider:
@@ -34,7 +38,8 @@ class SmtpProvider:
             port=s.smtp_port,
             timeout=s.smtp_timeout_seconds,
             use_tls=s.smtp_use_tls,
-            start_tls=s.smtp_starttls,
+            start_tls=False if s.smtp_use_tls else _START_TLS[s.smtp_starttls],
+            validate_certs=True,
             cert_bundle=s.smtp_ca_file,
             username=s.smtp_username,
             password=s.smtp_password.get_secret_value() if s.smtp_password else None,
@@ -79,7 +84,13 @@ class SmtpProvider:
         except aiosmtplib.SMTPTimeoutError as exc:
             raise TransientError("timeout", str(exc)) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
-            raise TransientError("smtp_connection", f"{type(exc).__name__}: {exc}") from None
+            text = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text:
+                # Never a fall back to plain text: the relay's certificate (or HERALD_SMTP_CA_FILE) is Herald's to fix.
+                raise Misconfigured("smtp_tls_certificate", text) from None
+            if "STARTTLS extension not supported" in text:
+                raise Misconfigured("smtp_starttls_unavailable", f"HERALD_SMTP_STARTTLS=required, but the relay offers no STARTTLS: {text}") from None
+            raise TransientError("smtp_connection", text) from None
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []
