@@ -8,7 +8,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
 
 from shared import Channel, Dispatch, HeraldSettings, header, utcnow
-from shared._kafka import DLQ_REASON, DLQ_STAGE, DLQ_TOPIC
+from shared._kafka import DLQ_REASON, DLQ_STAGE, DLQ_TOPIC, kafka_options
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +31,12 @@ async def replay(settings: HeraldSettings, *, stage: str, reason: str | None = N
     """Re-publish the dead letters of ``stage`` (and ``reason``) written since the last replay of that stage."""
     group = settings.group_id(f"dlq-replay-{stage}")
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_options(settings),
         group_id=None if dry_run else group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=settings.kafka_enable_idempotence)
+    producer = AIOKafkaProducer(**kafka_options(settings), acks="all", enable_idempotence=settings.kafka_enable_idempotence)
     await consumer.start()
     await producer.start()
     replayed = 0

@@ -22,6 +22,7 @@ from shared import Channel, HeraldSettings
 
 #: How long `make run` waits on Ctrl-C for every consumer group to catch up (HERALD_RUN_DRAIN_SECONDS).
 RUN_DRAIN_SECONDS = 120
+from shared._kafka import kafka_options
 from shared._lag import LagCollector, WatchedGroup
 from shared._metrics import Metrics
 
@@ -70,7 +71,7 @@ async def wait_until_drained(settings: HeraldSettings, *, timeout: float, say: C
     """Wait until no live consumer group has a backlog, ``quiet_checks`` times in a row a second apart (or ``timeout``)."""
     from prometheus_client import CollectorRegistry
 
-    collector = LagCollector(settings.kafka_bootstrap, herald_groups(settings), Metrics(CollectorRegistry()))
+    collector = LagCollector(kafka_options(settings), herald_groups(settings), Metrics(CollectorRegistry()))
     deadline = time.monotonic() + timeout
     quiet = 0
     last_said = 0.0

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from ._db import create_pool
-from ._kafka import make_broker
+from ._kafka import kafka_options, make_broker
 from ._lag import consumer_lag
 from ._limits import BodyLimit, body_limits
 from ._logging import configure_logging
@@ -155,7 +155,7 @@ def create_service(
             stack.push_async_callback(stop_broker)
             await broker.start()
             await stack.enter_async_context(
-                consumer_lag(settings.kafka_bootstrap, broker, resources.metrics, interval=settings.consumer_lag_interval_seconds)
+                consumer_lag(kafka_options(settings), broker, resources.metrics, interval=settings.consumer_lag_interval_seconds)
             )
             log.info("%s ready on %s:%s", settings.service_name, settings.host, settings.port)
             yield

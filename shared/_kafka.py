@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
@@ -32,11 +34,49 @@ DLQ_PARTITION = "herald-original-partition"
 DLQ_OFFSET = "herald-original-offset"
 
 
+def kafka_ssl_context(settings: HeraldSettings) -> ssl.SSLContext | None:
+    """The TLS context of every Kafka client, when the protocol is SSL or SASL_SSL: the broker's certificate verified."""
+    if not settings.kafka_security_protocol.endswith("SSL"):
+        return None
+    context = ssl.create_default_context(cafile=settings.kafka_ssl_ca_file)
+    if settings.kafka_ssl_cert_file:
+        context.load_cert_chain(settings.kafka_ssl_cert_file, settings.kafka_ssl_key_file)
+    return context
+
+
+def kafka_options(settings: HeraldSettings) -> dict[str, Any]:
+    """Connection options for an aiokafka client (producer, consumer, admin): protocol, TLS, SASL."""
+    options: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap, "security_protocol": settings.kafka_security_protocol}
+    context = kafka_ssl_context(settings)
+    if context is not None:
+        options["ssl_context"] = context
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None,
+        )
+    return options
+
+
+def kafka_security(settings: HeraldSettings) -> BaseSecurity | None:
+    """The same, as FastStream's broker takes it."""
+    context = kafka_ssl_context(settings)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        kind = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}[settings.kafka_sasl_mechanism]
+        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+        return kind(settings.kafka_sasl_username or "", password, ssl_context=context, use_ssl=context is not None)
+    if context is not None:
+        return BaseSecurity(ssl_context=context, use_ssl=True)
+    return None
+
+
 def make_broker(settings: HeraldSettings, *, registry: CollectorRegistry | None = None) -> KafkaBroker:
     """A FastStream Kafka broker configured from settings (acks=all, idempotence as set)."""
     middlewares = [KafkaPrometheusMiddleware(registry=registry, app_name=settings.service_name)] if registry else []
     return KafkaBroker(
         settings.kafka_bootstrap,
+        security=kafka_security(settings),
         client_id=f"herald-{settings.service_name}",
         acks="all",
         enable_idempotence=settings.kafka_enable_idempotence,
@@ -87,7 +127,7 @@ def all_topics(settings: HeraldSettings) -> list[str]:
 async def create_topics(settings: HeraldSettings, topics: Iterable[str] | None = None) -> list[str]:
     """Create the topics that do not exist yet; return the ones created."""
     wanted = list(topics if topics is not None else all_topics(settings))
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="herald-admin")
+    admin = AIOKafkaAdminClient(**kafka_options(settings), client_id="herald-admin")
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -17,6 +17,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -69,8 +70,9 @@ def lag_of(
 class LagCollector:
     """Reads committed and end offsets of some consumer groups and sets the lag gauge."""
 
-    def __init__(self, bootstrap: str, groups: Iterable[WatchedGroup], metrics: Metrics) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, bootstrap: str | Mapping[str, Any], groups: Iterable[WatchedGroup], metrics: Metrics) -> None:
+        # the bootstrap servers, or every connection option (kafka_options: TLS, SASL)
+        self.connection = {"bootstrap_servers": bootstrap} if isinstance(bootstrap, str) else dict(bootstrap)
         self.groups = list(groups)
         self.metrics = metrics
         self._admin: AIOKafkaAdminClient | None = None
@@ -78,8 +80,8 @@ class LagCollector:
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._offsets is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="herald-lag")
-            offsets = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, client_id="herald-lag", group_id=None, enable_auto_commit=False)
+            admin = AIOKafkaAdminClient(**self.connection, client_id="herald-lag")
+            offsets = AIOKafkaConsumer(**self.connection, client_id="herald-lag", group_id=None, enable_auto_commit=False)
             try:
                 await admin.start()
                 await offsets.start()
@@ -134,7 +136,7 @@ class LagCollector:
 
 
 @contextlib.asynccontextmanager
-async def consumer_lag(bootstrap: str, broker: KafkaBroker, metrics: Metrics, *, interval: float) -> AsyncIterator[LagCollector | None]:
+async def consumer_lag(bootstrap: str | Mapping[str, Any], broker: KafkaBroker, metrics: Metrics, *, interval: float) -> AsyncIterator[LagCollector | None]:
     """Run a ``LagCollector`` for the broker's consumer groups in the background (none when ``interval`` <= 0)."""
     groups = watched_groups(broker)
     if interval <= 0 or not groups:

@@ -99,6 +99,14 @@ class HeraldSettings(BaseSettings):
     kafka_max_message_bytes: int = 1_000_000  # largest dispatch the router writes; keep under the broker's message.max.bytes
     kafka_group_prefix: str = "herald"
     kafka_metadata_max_age_ms: int = 30_000  # how soon a new domain.<area> topic is picked up by the router
+    # how every client connects (docs/security.md): TLS with the broker's CA (and a client certificate), SASL credentials
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_ssl_ca_file: str | None = None  # the CA that signs the brokers' certificates (default: the system's)
+    kafka_ssl_cert_file: str | None = None  # a client certificate, where the brokers ask for one (with its key file)
+    kafka_ssl_key_file: str | None = None
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
     kafka_topic_namespace: str = ""  # prefixed to every topic name (isolates tests, or tenants of one cluster)
     consumer_lag_interval_seconds: float = 15.0  # how often a service measures its consumer groups' lag (0: never)
 
@@ -273,6 +281,9 @@ class HeraldSettings(BaseSettings):
             yield Secret("HERALD_API_KEYS", None)
         for key in self._keys_or_none():
             yield Secret(f"HERALD_API_KEYS entry {key.name!r}", key.secret, min_length=32)
+        if self.kafka_security_protocol.startswith("SASL"):
+            password = self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            yield Secret("HERALD_KAFKA_SASL_PASSWORD", password, min_length=8)
         yield from url_password("HERALD_DATABASE_URL", self.database_url)
         yield from url_password("HERALD_REDIS_URL", self.redis_url)
 

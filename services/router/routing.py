@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.partitioner import murmur2
 
 from shared import CloudEvent, InvalidMessage, Outgoing, Resources, dead_letter, event_id_var, publish_many
+from shared._kafka import kafka_options
 
 from . import logic, repo
 from .catalogue import Catalogue, Notification
@@ -233,7 +234,7 @@ class BatchRouter:
 async def dispatch_producer_for(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
     """The router's own producer for dispatches: acks from every replica, batched with a short linger."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_options(settings),
         client_id=f"herald-{settings.service_name}-dispatch",
         acks="all",
         enable_idempotence=settings.kafka_enable_idempotence,

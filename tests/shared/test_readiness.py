@@ -39,3 +39,23 @@ async def test_metrics_endpoint_serves_prometheus_text(infra, namespace):
         response = await client.get("/metrics/")
         assert response.status_code == 200
         assert "herald_deliveries_total" in response.text
+
+
+async def test_redis_with_a_password_is_reached_through_the_url_and_a_wrong_one_is_not(infra, namespace, tmp_path):
+    port = local.free_port()
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path),
+         "--requirepass", "s3cret-redis-pass"],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        local.wait_port("127.0.0.1", port, timeout=10, proc=redis)
+        for password, expected in (("s3cret-redis-pass", "ok"), ("wrong", "failing")):
+            settings = settings_for(Settings, infra, namespace, redis_url=f"redis://:{password}@127.0.0.1:{port}/0")
+            async with running(create_app(settings)) as client:
+                answer = await client.get("/readyz")
+            assert answer.json()["checks"]["redis"] == expected
+            assert password not in answer.text
+    finally:
+        local.stop(redis)
