@@ -48,20 +48,33 @@ class MessageTemplates:
 
     The locale falls back from ``pt-BR`` to ``pt`` to ``en``. Templates come from
     files only, never from event data; rendering is sandboxed and strict, so a
-    missing variable is an error rather than an empty string.
+    missing variable is an error rather than an empty string. A template may list, under
+    ``display:``, the data fields a client may see beside what it renders (``display_fields``);
+    the list is the default locale's, and it is never rendered.
     """
 
     def __init__(self, directory: Path, *, default_locale: str = "en", autoescape: bool = False) -> None:
         self.default_locale = default_locale
         self.env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=autoescape)
         self.sources: dict[str, dict[str, dict[str, Template]]] = {}
+        self.display: dict[str, tuple[str, ...]] = {}
         for path in sorted(directory.glob("*.yaml")):
             raw = yaml.safe_load(path.read_text()) or {}
             self.sources[path.stem] = {
-                name: {field: self.env.from_string(str(src)) for field, src in fields.items()} for name, fields in raw.items()
+                name: {field: self.env.from_string(str(src)) for field, src in fields.items() if field != "display"} for name, fields in raw.items()
             }
+            if path.stem == default_locale:
+                for name, fields in raw.items():
+                    shown = fields.get("display", [])
+                    if not isinstance(shown, list) or not all(isinstance(f, str) for f in shown):
+                        raise TemplateError(f"{path}: {name}.display must be a list of data field names")
+                    self.display[name] = tuple(shown)
         if default_locale not in self.sources:
             raise TemplateError(f"{directory} has no {default_locale}.yaml")
+
+    def display_fields(self, name: str) -> tuple[str, ...]:
+        """The data fields template ``name`` declares for display (none unless it lists them)."""
+        return self.display.get(name, ())
 
     @property
     def locales(self) -> list[str]:

@@ -41,7 +41,7 @@ class InboxItem(BaseModel):
     title: str
     body: str
     url: str | None
-    data: dict[str, Any]
+    data: dict[str, Any] = Field(description="Only the event fields the template declares for display (ids, the time)")
     created_at: datetime
     read: bool
     read_at: datetime | None

@@ -43,7 +43,8 @@ async def store_notification(dispatch: Dispatch, res: Resources, *, templates: M
                 title=text["title"],
                 body=text["body"],
                 url=dispatch.url,
-                data=dispatch.data,
+                # what the template shows is stored rendered; of the rest only the fields it declares for display
+                data={k: dispatch.data[k] for k in templates.display_fields(dispatch.template) if k in dispatch.data},
                 created_at=dispatch.created_at,
             )
             unread = await repo.unread_count(conn=conn, user_id=user_id)

@@ -87,3 +87,18 @@ def test_messages_carry_what_a_stream_needs():
     assert note["item"]["id"] == "00000000-0000-0000-0000-000000000001"
     change = json.loads(logic.change_message("read", ids=["x"], unread=2))
     assert change == {"kind": "change", "op": "read", "ids": ["x"], "unread": 2}
+
+
+def test_templates_declare_the_data_fields_shown_beside_the_rendered_text(tmp_path):
+    import pytest
+
+    from services.inapp.app import TEMPLATES
+    from shared import MessageTemplates, TemplateError
+
+    templates = MessageTemplates(TEMPLATES)
+    assert templates.display_fields("new_message") == ("conversation_id", "message_id")  # never the preview: it is in the body
+    assert templates.display_fields("password_changed") == ()
+    assert all(set(templates.display_fields(n)) <= {"booking_id", "starts_at", "conversation_id", "message_id", "review_id", "rating", "hall_id", "payout_id"} for n in templates.names())
+    (tmp_path / "en.yaml").write_text("a:\n  title: t\n  display: booking_id\n")
+    with pytest.raises(TemplateError, match="a.display must be a list"):
+        MessageTemplates(tmp_path)
