@@ -134,6 +134,7 @@ class HeraldSettings(BaseSettings):
     api_key_sources: str = ""  # name=source source,…: the CloudEvents sources a key name may publish (unset: any)
 
     frontend_url: str = "http://localhost:3000"
+    link_hosts: CommaList = []  # hosts besides the front end's that links from event data may point at ("*.example.com" too)
     public_url: str = "http://127.0.0.1:8101"
     router_url: str = "http://127.0.0.1:8102"  # services that change preferences call the router's API here
 
@@ -177,6 +178,11 @@ class HeraldSettings(BaseSettings):
     @property
     def retry_tiers_seconds(self) -> list[int]:
         return [int(v) for v in self.retry_tiers]
+
+    @field_validator("link_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        return split_commas(value)
 
     @field_validator("jwt_jwks_algorithms", mode="before")
     @classmethod

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
@@ -133,19 +134,52 @@ def recipients_of(notification: Notification, data: dict[str, Any]) -> list[str]
     raise InvalidMessage("missing_recipients", f"data.{notification.recipients} must name the recipient(s)")
 
 
-def link(notification: Notification, data: dict[str, Any], frontend_url: str) -> str | None:
-    """The absolute URL of a notification, from its catalogue path and the event's data."""
+_WHOLE_FIELD = re.compile(r"\{(\w+)\}")
+
+
+def host_allowed(host: str, frontend_url: str, link_hosts: Sequence[str]) -> bool:
+    """Whether links may point at ``host``: the front end's, or one of ``HERALD_LINK_HOSTS`` (``*.example.com`` too)."""
+    host = host.lower().rstrip(".")
+    if host == (urlsplit(frontend_url).hostname or "").lower():
+        return True
+    for allowed in (h.lower() for h in link_hosts):
+        if host == allowed or (allowed.startswith("*.") and host.endswith(allowed[1:])):
+            return True
+    return False
+
+
+def link(notification: Notification, data: dict[str, Any], frontend_url: str, link_hosts: Sequence[str] = ()) -> str | None:
+    """The absolute URL of a notification: ``HERALD_FRONTEND_URL`` and the catalogue's path, each data value in it
+    percent-encoded. A catalogue path that is one whole field (``{path}``) takes a path, or an absolute URL on an
+    allowed host (``host_allowed``); anything else is ``InvalidMessage("link_not_allowed")``: the event is
+    dead-lettered rather than a foreign link sent."""
     if not notification.url:
         return None
+    whole = _WHOLE_FIELD.fullmatch(notification.url)
+    if whole:
+        value = data.get(whole.group(1))
+        return None if value is None or value == "" else _link_from_value(str(value), frontend_url, link_hosts, whole.group(1))
     try:
-        path = notification.url.format(**data)
+        path = notification.url.format(**{k: quote(str(v), safe="") for k, v in data.items() if v is not None})
     except (KeyError, IndexError, ValueError):
         return None
-    if not path or path == "None":
-        return None
-    if path.startswith(("https://", "http://")):
-        return path
     return f"{frontend_url}/{path.lstrip('/')}"
+
+
+def _link_from_value(value: str, frontend_url: str, link_hosts: Sequence[str], field: str) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme or parts.netloc:  # absolute, or scheme-relative (//host/…): another site unless allowed
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise InvalidMessage("link_not_allowed", f"data.{field}: only http(s) links are sent, not {parts.scheme or 'scheme-relative'} ones")
+        if not host_allowed(parts.hostname, frontend_url, link_hosts):
+            raise InvalidMessage("link_not_allowed", f"data.{field}: links go to the front end or HERALD_LINK_HOSTS, not {parts.hostname}")
+        base = f"{parts.scheme}://{parts.netloc}"
+    else:
+        base = frontend_url
+    path = quote(parts.path, safe="/-._~!$&'()*+,;=:@%")
+    query = urlencode(parse_qsl(parts.query, keep_blank_values=True))
+    fragment = quote(parts.fragment, safe="/-._~!$&'()*+,;=:@%?")
+    return urlunsplit(("", "", f"{base}/{path.lstrip('/')}", "", "")) + (f"?{query}" if query else "") + (f"#{fragment}" if fragment else "")
 
 
 # ---------------------------------------------------------------------------- decisions
@@ -160,6 +194,7 @@ def decide(
     *,
     enabled: bool = True,
     frontend_url: str,
+    link_hosts: Sequence[str] = (),
     now: datetime | None = None,
 ) -> Decision:
     """Whether ``contact`` gets ``notification`` on ``channel``, as a dispatch or a reason."""
@@ -198,7 +233,7 @@ def decide(
         locale=contact.locale,
         timezone=contact.timezone,
         template=notification.template,
-        url=link(notification, data, frontend_url),
+        url=link(notification, data, frontend_url, link_hosts),
         data=data,
         created_at=now or utcnow(),
         attempt=1,
@@ -229,6 +264,7 @@ def route(
     profiles: Mapping[str, Profile],
     *,
     frontend_url: str,
+    link_hosts: Sequence[str] = (),
     now: datetime | None = None,
 ) -> list[Decision]:
     """Every decision of one event: each notification × its recipients × its channels.
@@ -247,7 +283,9 @@ def route(
                     continue
                 seen.add((user_id, channel))
                 enabled = profile.preferences.get((notification.category.value, channel.value), True)
-                decisions.append(decide(event, data, notification, profile.contact, channel, enabled=enabled, frontend_url=frontend_url, now=now))
+                decisions.append(
+                    decide(event, data, notification, profile.contact, channel, enabled=enabled, frontend_url=frontend_url, link_hosts=link_hosts, now=now)
+                )
     return decisions
 
 

@@ -120,6 +120,8 @@ class BatchRouter:
             item.data = logic.validate_data(event)
             item.notifications = notifications
             item.recipients = {n: logic.recipients_of(n, item.data) for n in notifications}
+            for n in notifications:  # a link to a foreign host dead-letters the event before anyone is notified
+                logic.link(n, item.data, self.settings.frontend_url, self.settings.link_hosts)
         except InvalidMessage as exc:
             item.failed = exc
         return item
@@ -149,7 +151,9 @@ class BatchRouter:
         """Decide for one event and add its dispatches and trace rows to the chunk."""
         event = item.event
         assert event is not None
-        decisions = logic.route(event, item.data, notifications, recipients, profiles, frontend_url=self.settings.frontend_url)  # type: ignore[arg-type]
+        decisions = logic.route(
+            event, item.data, notifications, recipients, profiles, frontend_url=self.settings.frontend_url, link_hosts=self.settings.link_hosts  # type: ignore[arg-type]
+        )
         oversize: list[tuple[int, str]] = []  # (bytes, detail)
         for i, decision in enumerate(decisions):
             critical = decision.notification.critical

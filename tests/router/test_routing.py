@@ -173,3 +173,32 @@ async def test_an_event_whose_dispatch_would_exceed_the_largest_record_is_dead_l
     assert b"HERALD_KAFKA_MAX_MESSAGE_BYTES" in dict(dead.headers)["herald-error"]
     assert dispatched == [small["id"]]
     assert 'herald_dead_lettered_total{reason="dispatch_too_large",stage="router"} 1.0' in metrics
+
+
+async def test_a_link_to_a_foreign_host_dead_letters_the_event_and_allowed_ones_are_encoded(infra, namespace):
+    from services.router.app import create_app
+    from services.router.settings import Settings
+
+    from ..support import make_topics, running, settings_for
+    from .conftest import Harness
+
+    settings = settings_for(Settings, infra, namespace, frontend_url="https://app.example.com", link_hosts="*.example.org")
+    await make_topics(settings)
+    user = new_user()
+    async with running(create_app(settings)) as client:
+        router = Harness(infra, settings, client, None)  # type: ignore[arg-type]
+        tip = {"user_id": user, "title": "Scales", "body": "Daily"}
+        foreign = await router.publish("content.learning_tip", {**tip, "path": "https://evil.example.net/login"})
+        sneaky = await router.publish("content.learning_tip", {**tip, "path": "javascript:alert(1)"})
+        allowed = await router.publish("content.learning_tip", {**tip, "path": "https://cdn.example.org/tips/scales"})
+        relative = await router.publish("content.learning_tip", {**tip, "path": "/tips/scales and arpeggios?level=2"})
+        booking = await router.publish("booking.confirmed", {"booking_id": "b 1/../admin", "student_id": user, "instructor_id": new_user(), "title": "Piano", "starts_at": "2030-01-01T10:00:00Z"})
+        async with TopicReader(infra.kafka_bootstrap, settings.dlq_topic) as dlq:
+            dead = await dlq.wait_for(2)
+        assert {json.loads(r.value)["id"]: dict(r.headers)["herald-reason"] for r in dead} == {foreign["id"]: b"link_not_allowed", sneaky["id"]: b"link_not_allowed"}
+        assert b"evil.example.net" in dict(dead[0].headers)["herald-error"] or b"evil.example.net" in dict(dead[1].headers)["herald-error"]
+        async with TopicReader(infra.kafka_bootstrap, settings.notify_topic("inapp")) as inapp:
+            sent = {d["event_id"]: d["url"] for d in (json.loads(r.value) for r in await inapp.wait_for(4))}
+    assert sent[allowed["id"]] == "https://cdn.example.org/tips/scales"
+    assert sent[relative["id"]] == "https://app.example.com/tips/scales%20and%20arpeggios?level=2"
+    assert sent[booking["id"]] == "https://app.example.com/bookings/b%201%2F..%2Fadmin"  # a value never walks the path
