@@ -5,12 +5,13 @@ BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install system-deps run test test-fast chaos lock schemas migrate topics clean help bench-router bench-email bench-inapp
+.PHONY: install system-deps run test test-fast chaos audit lock schemas migrate topics clean help bench-router bench-email bench-inapp
 
 help:
 	@echo "make run     start Kafka (embedded), PostgreSQL, Redis, every service and the sandbox"
 	@echo "make test    the whole test suite against a real broker, PostgreSQL and Redis"
 	@echo "make chaos   faults under load (kills, restarts, provider trouble, poison) on its own PostgreSQL, Redis and broker"
+	@echo "make audit   known vulnerabilities in requirements.lock (fails only when the lock changed and a fix exists)"
 	@echo "make schemas regenerate schemas/ from the models"
 	@echo "make lock    re-pin requirements.lock (tests too) and requirements.runtime.lock (the image) from pyproject.toml"
 	@echo "make bench-router / bench-email / bench-inapp   print throughput and latency figures"
@@ -46,6 +47,15 @@ test: install system-deps
 chaos: install system-deps
 	$(BIN)/python scripts/chaos.py $(CHAOS_ARGS)
 
+# pip-audit in a virtual environment of its own (its dependencies stay out of the project's lock).
+AUDIT := .venv-audit
+$(AUDIT)/bin/pip-audit:
+	$(PYTHON) -m venv $(AUDIT)
+	$(AUDIT)/bin/python -m pip install -q --disable-pip-version-check pip-audit==2.10.1
+
+audit: $(AUDIT)/bin/pip-audit
+	$(PYTHON) scripts/audit.py --pip-audit $(AUDIT)/bin/pip-audit
+
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not browser"
 
@@ -74,4 +84,4 @@ lock:
 	$(UV) pip compile pyproject.toml -c requirements.lock -o requirements.runtime.lock --python-version 3.11
 
 clean:
-	rm -rf $(VENV) .run .artifacts .pytest_cache
+	rm -rf $(VENV) $(AUDIT) .run .artifacts .pytest_cache
