@@ -151,3 +151,21 @@ def test_dead_letter_headers_hold_no_address_or_number_in_clear():
     record = ConsumerRecord("notify.email", 0, 7, 0, 0, None, b"{}", None, 0, 0, [])
     out = dead_letter(HeraldSettings(environment="test"), record, stage="email", reason="invalid_data", error="bad address ada@example.com, phone +491511234567")
     assert out.headers["herald-error"] == "bad address a***@example.com, phone +4915******67"
+
+
+@pytest.mark.parametrize("service", ["router", "email", "sms"])
+def test_a_service_process_started_in_production_with_placeholders_refuses_naming_the_settings(service):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}  # the default environment: production
+    env["HERALD_API_KEYS"] = "shop:publish=REPLACE_ME"
+    done = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "--factory", f"services.{service}.app:create_app", "--port", "1"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode != 0
+    assert f"herald {service}: refusing to start; fix these settings:" in done.stderr
+    assert "HERALD_JWT_SECRET" in done.stderr and "HERALD_API_KEYS entry 'shop' holds a placeholder" in done.stderr
+    assert "Traceback" not in done.stderr and "REPLACE_ME" not in done.stderr.replace("'REPLACE_ME'", "")
