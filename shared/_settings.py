@@ -163,9 +163,11 @@ class HeraldSettings(BaseSettings):
     control_redis_prefix: str = "herald:"  # Redis keys of `herald channel hold|resume`
     drain_timeout_seconds: float = Field(default=30.0, ge=0)  # on SIGTERM, how long in-flight messages may take to finish
 
-    @field_validator("retry_tiers", mode="before")
+    @field_validator(
+        "retry_tiers", "link_hosts", "jwt_jwks_algorithms", "public_rate_limits", "public_user_rate_limits", "body_limits", mode="before"
+    )
     @classmethod
-    def _split_tiers(cls, value: object) -> object:
+    def _split_lists(cls, value: object) -> object:
         return split_commas(value)
 
     @field_validator("retry_tiers")
@@ -179,27 +181,12 @@ class HeraldSettings(BaseSettings):
     def retry_tiers_seconds(self) -> list[int]:
         return [int(v) for v in self.retry_tiers]
 
-    @field_validator("link_hosts", mode="before")
-    @classmethod
-    def _split_hosts(cls, value: object) -> object:
-        return split_commas(value)
-
-    @field_validator("jwt_jwks_algorithms", mode="before")
-    @classmethod
-    def _split_algorithms(cls, value: object) -> object:
-        return split_commas(value)
-
     @field_validator("jwt_jwks_algorithms")
     @classmethod
     def _asymmetric_only(cls, value: list[str]) -> list[str]:
         if not value or any(a.upper().startswith("HS") or a.lower() == "none" for a in value):
             raise ValueError("HERALD_JWT_JWKS_ALGORITHMS takes asymmetric algorithms only (RS256, ES256, PS256, EdDSA…)")
         return value
-
-    @field_validator("public_rate_limits", "public_user_rate_limits", mode="before")
-    @classmethod
-    def _split_rates(cls, value: object) -> object:
-        return split_commas(value)
 
     @field_validator("public_rate_limits", "public_user_rate_limits")
     @classmethod
@@ -215,11 +202,6 @@ class HeraldSettings(BaseSettings):
 
     def public_user_rate_table(self) -> dict[str, int]:
         return {g.strip(): int(r) for g, _, r in (e.partition("=") for e in self.public_user_rate_limits)}
-
-    @field_validator("body_limits", mode="before")
-    @classmethod
-    def _split_limits(cls, value: object) -> object:
-        return split_commas(value)
 
     @field_validator("body_limits")
     @classmethod

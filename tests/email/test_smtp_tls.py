@@ -1,16 +1,10 @@
 """The SMTP provider against a relay that requires STARTTLS (aiosmtpd with a self-signed certificate)."""
 
-import datetime as dt
-import ipaddress
 import ssl
 import uuid
 
 import pytest
 from aiosmtpd.controller import Controller
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from herald.infra import free_port
 from services.email.compose import Rendered, compose
@@ -18,23 +12,12 @@ from services.email.providers.smtp import SmtpProvider
 from services.email.settings import Settings
 from shared import Misconfigured
 
+from ..support import tls_certificate
+
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    directory = tmp_path_factory.mktemp("tls")
-    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return directory / "cert.pem", directory / "key.pem"
+    return tls_certificate(tmp_path_factory.mktemp("tls"))
 
 
 class Recorder:
