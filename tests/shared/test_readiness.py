@@ -1,10 +1,12 @@
 import subprocess
 
+import pytest
+
 from herald import infra as local
 from services.inapp.app import create_app
 from services.inapp.settings import Settings
 
-from ..support import running, settings_for
+from ..support import running, settings_for, tls_certificate
 
 
 async def test_readyz_reports_each_dependency_and_turns_false_when_redis_stops(infra, namespace, tmp_path, capfd):
@@ -57,5 +59,26 @@ async def test_redis_with_a_password_is_reached_through_the_url_and_a_wrong_one_
                 answer = await client.get("/readyz")
             assert answer.json()["checks"]["redis"] == expected
             assert password not in answer.text
+    finally:
+        local.stop(redis)
+
+
+@pytest.mark.real_clock  # OpenSSL checks the certificate against the real clock
+async def test_redis_over_tls_is_reached_with_its_ca_from_the_url_and_not_without(infra, namespace, tmp_path):
+    cert, key = tls_certificate(tmp_path)
+    port = local.free_port()
+    redis = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+         "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--dir", str(tmp_path),
+         "--requirepass", "tls-redis-password"],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        local.wait_port("127.0.0.1", port, timeout=10, proc=redis)
+        trusted = f"rediss://:tls-redis-password@127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+        for url, expected in ((trusted, "ok"), (trusted.split("?")[0], "failing")):  # the system's CAs do not know this one
+            async with running(create_app(settings_for(Settings, infra, namespace, redis_url=url))) as client:
+                assert (await client.get("/readyz")).json()["checks"]["redis"] == expected
     finally:
         local.stop(redis)
