@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -9,7 +10,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from shared import AppResources, RecipientsService, TracesService, UserId, audit
+from shared import AdminService, AppResources, CloudEvent, Outgoing, RecipientsService, TracesService, UserId, audit, publish_many
 
 from . import logic, repo
 from .catalogue import Catalogue
@@ -74,6 +75,27 @@ async def put_recipient(user_id: UserPath, body: RecipientIn, caller: Recipients
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"user {user_id!r} was deleted; a deleted user is not brought back")
     audit(res.metrics, actor=caller, action="recipient.put", target=user_id)
     return RecipientOut(user_id=user_id, **{k: getattr(row, k) for k in ("email", "phone", "phone_verified_at", "locale", "timezone")})
+
+
+class ErasureAccepted(BaseModel):
+    status: Literal["accepted"] = "accepted"
+    event_id: str = Field(description="The user.deleted event published for the erasure")
+
+
+@api.delete(
+    "/recipients/{user_id}",
+    tags=["recipients"],
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Erase a user (admin API key): published as user.deleted, which every service applies",
+)
+async def erase_recipient(user_id: UserPath, caller: AdminService, res: AppResources) -> ErasureAccepted:
+    event = CloudEvent(
+        specversion="1.0", id=uuid.uuid4().hex, source="herald/router", type="user.deleted", time=datetime.now(UTC),
+        subject=user_id, data={"user_id": user_id},
+    )
+    await publish_many(res.broker, [Outgoing(res.settings.domain_topic("user.deleted"), event, key=user_id)])
+    audit(res.metrics, actor=caller, action="recipient.erase", target=user_id, event_id=event.id)
+    return ErasureAccepted(event_id=event.id)
 
 
 # ---------------------------------------------------------------------------- preferences

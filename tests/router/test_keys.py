@@ -76,3 +76,25 @@ async def test_ingress_takes_service_keys_with_the_publish_scope_and_their_bound
         status, detail = await publish(TRACES, "/support")
         assert (status, detail) == (403, "the key 'support' may not publish events: it needs the scope 'publish'")
         assert (await publish(ADMIN, "/anywhere"))[0] == 202  # admin holds every scope, bound to no source
+
+
+async def test_erasure_is_an_admin_action_published_as_user_deleted_and_audited(infra, namespace, db, capfd):
+    from ..support import eventually
+
+    settings = settings_for(Settings, infra, namespace, api_keys=KEYS)
+    await make_topics(settings)
+    user = new_user()
+    async with running(create_app(settings)) as client:
+        assert (await client.put(f"/v1/recipients/{user}", json={"email": "ada@example.com"}, headers=key(RECIPIENTS))).status_code == 200
+        refused = await client.delete(f"/v1/recipients/{user}", headers=key(RECIPIENTS))
+        erased = await client.delete(f"/v1/recipients/{user}", headers=key(ADMIN))
+
+        async def tombstoned():
+            return await db.fetchval("SELECT deleted_at IS NOT NULL AND email IS NULL FROM router.recipients WHERE user_id = $1", user)
+
+        assert await eventually(tombstoned, what="the router applying its own user.deleted")
+        metrics = (await client.get("/metrics/")).text
+    assert refused.status_code == 403 and "'admin'" in refused.json()["detail"]
+    assert erased.status_code == 202 and erased.json()["event_id"]
+    assert 'herald_audit_actions_total{action="recipient.erase",actor="ops"} 1.0' in metrics
+    assert f"audit: recipient.erase by ops on {user}" in capfd.readouterr().err
