@@ -437,10 +437,11 @@ async def _ready(client):
 
 
 async def test_a_dispatch_past_its_expiry_is_finished_as_expired_and_never_sent(infra, sender, db, ledger_schema):
-    provider = ScriptedProvider(TransientError("http_503", retry_after=30.0))
+    provider = ScriptedProvider(TransientError("http_503", retry_after=300.0))
     settings, app = await sender(provider)
     stale = dispatch(expires_at=datetime.now(UTC) - timedelta(seconds=1))
-    soon = dispatch(expires_at=datetime.now(UTC) + timedelta(seconds=10))  # its retry would come after it expires
+    # sent once (its consumer may take a while to join on a busy machine), and its retry would come after it expires
+    soon = dispatch(expires_at=datetime.now(UTC) + timedelta(seconds=60))
     async with app:
         for d in (stale, soon):
             await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=b"u1")
