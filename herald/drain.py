@@ -80,12 +80,14 @@ async def wait_until_drained(settings: HeraldSettings, *, timeout: float, say: C
         while True:
             backlog = await measure(collector)
             quiet = quiet + 1 if backlog.done else 0
-            if quiet >= quiet_checks or time.monotonic() >= deadline:
+            if quiet >= quiet_checks:
                 return backlog
-            if time.monotonic() - last_said >= 2:
+            if time.monotonic() - last_said >= 2:  # shown also when the time is up: what is left behind
                 busy = ", ".join(f"{g.removeprefix(settings.kafka_group_prefix + '-')} {n}" for g, n in sorted(backlog.waiting.items()) if n)
                 say(f"herald: draining: {busy or 'settling'}" + (f"; {backlog.delayed} retries waiting on delay topics" if backlog.delayed else ""))
                 last_said = time.monotonic()
+            if time.monotonic() >= deadline:
+                return backlog
             await asyncio.sleep(1.0)
     finally:
         await collector.close()
