@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
@@ -179,7 +179,7 @@ def _link_from_value(value: str, frontend_url: str, link_hosts: Sequence[str], f
     path = quote(parts.path, safe="/-._~!$&'()*+,;=:@%")
     query = urlencode(parse_qsl(parts.query, keep_blank_values=True))
     fragment = quote(parts.fragment, safe="/-._~!$&'()*+,;=:@%?")
-    return urlunsplit(("", "", f"{base}/{path.lstrip('/')}", "", "")) + (f"?{query}" if query else "") + (f"#{fragment}" if fragment else "")
+    return f"{base}/{path.lstrip('/')}" + (f"?{query}" if query else "") + (f"#{fragment}" if fragment else "")
 
 
 # ---------------------------------------------------------------------------- decisions

@@ -187,7 +187,7 @@ async def check_verification(body: VerificationCheck, user_id: UserId, res: AppR
             log.exception("could not announce the verified number of user %s", user_id)
             return _refuse(status.HTTP_503_SERVICE_UNAVAILABLE, "the number could not be recorded as verified; try again")
         await codes.forget(user_id=user_id, digest=attempt.stored_hash)
-        await codes.redis.delete(codes.failures_key(attempt.phone))  # the owner answered: earlier wrong tries no longer count
+        await codes.clear_failures(phone=attempt.phone)
         log.info("user %s verified %s", user_id, mask_phone(attempt.phone))
         return Verified(phone=attempt.phone, phone_verified_at=verified_at)
     failures = await codes.failed(phone=attempt.phone, window=settings.verify_lock_seconds)

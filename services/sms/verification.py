@@ -51,6 +51,10 @@ class PendingCodes:
             count, _ = await pipe.execute()
         return int(count)
 
+    async def clear_failures(self, *, phone: str) -> None:
+        """The owner answered: earlier wrong tries at ``phone`` no longer count."""
+        await self.redis.delete(self.failures_key(phone))
+
     async def locked_for(self, *, phone: str, limit: int) -> int:
         """Seconds until ``phone`` may be verified again after ``limit`` wrong tries across codes; 0 when it may now."""
         async with self.redis.pipeline(transaction=False) as pipe:
