@@ -2,7 +2,8 @@
 
 Requires ``Authorization: Bearer <key>``, validates ``from``, ``to`` and
 ``subject``, returns ``{"id": ...}`` and honours ``Idempotency-Key`` (the same
-key returns the same id and is not stored twice). Faults injected with
+key returns the same id and is not stored twice; ``GET /api/resend/replays`` counts
+such answers). Faults injected with
 ``POST /api/faults {"provider": "resend", "status": 429, "retry_after": 2}``
 answer with that status (0 hangs until the client gives up);
 ``HERALD_SANDBOX_RESEND_DELAY_MS`` (or ``PUT /api/resend/delay``) slows every answer.
@@ -26,6 +27,7 @@ _HANG_SECONDS = 120.0
 
 delay = {"seconds": float(os.environ.get("HERALD_SANDBOX_RESEND_DELAY_MS", "0")) / 1000}
 _idempotent: dict[str, str] = {}
+_replays: dict[str, int] = {}  # idempotency key -> requests answered with the id of an earlier send
 router = APIRouter(tags=["resend"])
 
 
@@ -50,14 +52,17 @@ def _error(status: int, name: str, message: str, headers: dict[str, str] | None 
     return JSONResponse({"statusCode": status, "name": name, "message": message}, status_code=status, headers=headers)
 
 
+@router.get("/api/resend/replays", summary="Requests answered from their Idempotency-Key instead of sending again")
+async def replays() -> dict[str, Any]:
+    return {"replays": sum(_replays.values()), "keys": dict(_replays)}
+
+
 @router.post("/emails", summary="Send an email (the Resend API's shape)")
 async def send_email(
     request: Request,
     authorization: Annotated[str | None, Header()] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Any:
-    if delay["seconds"]:
-        await asyncio.sleep(delay["seconds"])
     if not authorization or not authorization.startswith("Bearer ") or len(authorization) <= len("Bearer "):
         return _error(401, "missing_api_key", "Missing API key in the authorization header.")
     fault = store.take_fault(PROVIDER)
@@ -70,6 +75,9 @@ async def send_email(
         body = await request.json()
     except ValueError:
         return _error(422, "validation_error", "The body is not JSON.")
+    if delay["seconds"]:
+        # A slow answer: the request is in, and it is taken even when the client stops waiting.
+        await asyncio.sleep(delay["seconds"])
     if not isinstance(body, dict):
         return _error(422, "validation_error", "The body must be an object.")
     to = body.get("to")
@@ -78,6 +86,7 @@ async def send_email(
     if missing:
         return _error(422, "validation_error", f"Missing `{missing[0]}` field.")
     if idempotency_key and idempotency_key in _idempotent:
+        _replays[idempotency_key] = _replays.get(idempotency_key, 0) + 1
         return {"id": _idempotent[idempotency_key]}
     message_id = str(uuid.uuid4())
     if idempotency_key:

@@ -6,6 +6,8 @@ then runs one scenario per fault on a fresh load, and one with all of them toget
 
   baseline   no fault (the harness checking itself)
   sigkill    SIGKILL of the router and of each sender at random moments, restarted after 1-2 s
+  resend     email through Resend (which takes Herald's idempotency key), answering slowly, its sender
+             SIGKILLed four times: no email may arrive twice
   sigterm    a rolling restart (SIGTERM, drain, start) of every service
   postgres   `pg_ctl restart -m fast`, then PostgreSQL down for 8 s
   redis      a Redis restart, then Redis down for 8 s
@@ -24,10 +26,10 @@ one final status on `notify.status` (`replayed` copies aside), a final `sent` or
 lost, with its reason), what the providers received (SMTP messages per notification id header, Twilio
 messages per number and token, decrypted push payloads per notification id, in-app rows). Duplicates
 on SMTP, Twilio and Web Push are allowed only when a SIGKILL of that channel's sender explains them;
-in-app never. Prints a table, writes it to .artifacts/chaos.md, exits 1 when something is lost or
+on Resend (email sent with an idempotency key) and in-app never. Prints a table, writes it to .artifacts/chaos.md, exits 1 when something is lost or
 duplicated without excuse.
 
-    python scripts/chaos.py                   # every scenario (about 30 minutes)
+    python scripts/chaos.py                   # every scenario (about 15 minutes)
     python scripts/chaos.py --only sigkill    # one or more (comma-separated)
 """
 
@@ -351,6 +353,13 @@ class Harness:
                 await self._start(name)
             finally:
                 self.restarting.discard(name)
+
+    async def email_provider(self, provider: str) -> None:
+        """Restart the email sender (SIGTERM, so it drains) sending through ``provider``."""
+        assert self.stack is not None
+        self.stack.service_env.setdefault("email", {})["HERALD_EMAIL_PROVIDER"] = provider
+        await self.term("email")
+        self.mark(f"email sends through {provider}")
 
     async def _start(self, name: str) -> None:
         assert self.stack is not None
@@ -694,6 +703,7 @@ class Harness:
         tokens = {ev.token for ev in events}
         phone_of = {u.id: u.phone for u in self.users}
         email_copies: dict[str, list[str]] = defaultdict(list)
+        through_resend: set[str] = set()
         push_copies: dict[str, list[str]] = defaultdict(list)
         sms_copies: dict[tuple[str, str], list[str]] = defaultdict(list)
         for m in self.messages:
@@ -701,6 +711,12 @@ class Harness:
                 nid = m["meta"].get("notification_id")
                 if nid in ours:
                     email_copies[nid].append(m["at"])
+            elif m["provider"] == "resend":
+                headers = {k.lower(): v for k, v in (m["meta"].get("headers") or {}).items()}
+                nid = headers.get("x-herald-notification-id")
+                if nid in ours:
+                    email_copies[nid].append(m["at"])
+                    through_resend.add(nid)
             elif m["provider"] == "webpush":
                 nid = str((m["meta"].get("notification") or {}).get("notification_id"))
                 if nid in ours:
@@ -743,7 +759,12 @@ class Harness:
             if nid in sent and not copies:
                 result.lost.append(Loss(nid, e.channel, e.event_type, "status sent, but the provider has nothing"))
             if len(copies) > 1:
-                cause = "unexplained" if e.channel == "inapp" else self.cause(e.channel, copies, self.statuses.get(nid, []))
+                if e.channel == "inapp":
+                    cause = "unexplained"
+                elif nid in through_resend:
+                    cause = "Resend took it twice despite the idempotency key"
+                else:
+                    cause = self.cause(e.channel, copies, self.statuses.get(nid, []))
                 result.duplicates.append(Duplicate(e.channel, key, len(copies), cause, sorted(copies)))
         retried = Counter((e.channel, s.get("reason")) for nid, e in expected.items() for s in self.statuses.get(nid, []) if s["status"] == "retrying")
         if retried:
@@ -852,6 +873,28 @@ class Harness:
 
             return await self.scenario("sigkill", "SIGKILL router, email, sms, push, inapp at random moments (two senders twice), restart after 1-2 s", seconds, faults, settle_for=240)
 
+        async def resend() -> Result:
+            assert self.http is not None
+            sandbox = self.url("sandbox")
+            before = (await self.http.get(f"{sandbox}/api/resend/replays")).json()["replays"]
+            await self.email_provider("resend")
+            # Every answer 150 ms late: a kill often lands after Resend took a mail and before Herald heard.
+            (await self.http.put(f"{sandbox}/api/resend/delay", json={"ms": 150})).raise_for_status()
+
+            async def faults() -> None:
+                for moment in sorted(self.rng.uniform(3, seconds - 3) for _ in range(4)):
+                    await asyncio.sleep(max(0.0, moment - (time.time() - self.scenario_started)))
+                    await self.kill("email")
+
+            try:
+                result = await self.scenario("resend", "email through Resend (answers 150 ms late), the email sender SIGKILLed 4 times", seconds, faults, settle_for=240)
+            finally:
+                (await self.http.put(f"{sandbox}/api/resend/delay", json={"ms": 0})).raise_for_status()
+                await self.email_provider("smtp")
+            replays = (await self.http.get(f"{sandbox}/api/resend/replays")).json()["replays"] - before
+            result.notes.append(f"Resend answered {replays} repeated send(s) from the idempotency key instead of sending again")
+            return result
+
         async def sigterm() -> Result:
             async def faults() -> None:
                 await asyncio.sleep(5)
@@ -944,6 +987,7 @@ class Harness:
         return {
             "baseline": baseline,
             "sigkill": sigkill,
+            "resend": resend,
             "sigterm": sigterm,
             "postgres": postgres,
             "redis": redis,
@@ -1083,9 +1127,9 @@ def markdown(results: list[Result], harness: Harness, total: float) -> str:
         "",
         "*lost*: an expected notification (the router's trace, checked against the catalogue) without a final `sent` or `suppressed` "
         "when the scenario settled, or `sent` with nothing at the provider. *status dups*: more than one final status not marked `replayed`. "
-        "*dup*: what the provider received more than once for one notification (SMTP by `X-Herald-Notification-Id`, Twilio by number and the "
+        "*dup*: what the provider received more than once for one notification (SMTP and Resend by `X-Herald-Notification-Id`, Twilio by number and the "
         "event's token, Web Push by the payload's notification id, in-app rows by id and by event), with its cause: SIGKILL when the "
-        "channel's sender was killed right after the first copy was accepted. *settle*: from the end of the load and faults until "
+        "channel's sender was killed right after the first copy was accepted (never an excuse on Resend or in-app). *settle*: from the end of the load and faults until "
         "every expected notification had a final status.",
         "",
         *table(results),
@@ -1116,7 +1160,7 @@ def markdown(results: list[Result], harness: Harness, total: float) -> str:
     return "\n".join(lines)
 
 
-ALL = ["baseline", "sigkill", "sigterm", "postgres", "redis", "provider", "outage", "misconfig", "poison", "all"]
+ALL = ["baseline", "sigkill", "resend", "sigterm", "postgres", "redis", "provider", "outage", "misconfig", "poison", "all"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -177,6 +177,32 @@ async def test_a_resend_timeout_is_retried(email_service, sandbox, db):
     assert len(await sandbox.messages("resend")) == 1
 
 
+async def test_a_resend_send_accepted_after_the_timeout_is_not_sent_again(email_service, sandbox, db):
+    """Resend takes the mail after Herald stopped waiting; every retry carries the same key, so one mail."""
+    httpx.put(f"{sandbox.url}/api/resend/delay", json={"ms": 1500}).raise_for_status()
+    d = email_dispatch()
+    key = str(d.notification_id)
+    async with await email_service(email_provider="resend", resend_timeout_seconds=0.3) as (settings, _):
+        await send(settings, d)
+        [first] = await statuses(settings, 1)
+        httpx.put(f"{sandbox.url}/api/resend/delay", json={"ms": 0}).raise_for_status()
+        found = [first]
+        while found[-1]["status"] == "retrying" and len(found) < 6:  # a retry already on its way also times out
+            found = await statuses(settings, len(found) + 1)
+        requests = len(found)
+
+        async def every_request_answered() -> bool:
+            return httpx.get(f"{sandbox.url}/api/resend/replays").json()["keys"].get(key) == requests - 1
+
+        await eventually(every_request_answered, timeout=10, what=f"{requests - 1} request(s) answered from the idempotency key")
+        messages = [m for m in await sandbox.messages("resend") if m["meta"]["idempotency_key"] == key]
+    assert (first["status"], first["reason"]) == ("retrying", "timeout")
+    assert [s["status"] for s in found] == ["retrying"] * (requests - 1) + ["sent"]
+    assert len(messages) == 1
+    row = await ledger(db, d)
+    assert (row["status"], row["provider_message_id"]) == ("sent", messages[0]["meta"]["id"])
+
+
 async def test_a_resend_client_error_is_permanent(email_service, sandbox, db):
     sandbox.fault("resend", 422)
     d = email_dispatch()
