@@ -49,7 +49,9 @@ def test_prometheus_scrapes_every_service_and_sees_the_traffic_move(platform):
     processed = {r["metric"]["service"] for r in platform.query('sum by (service) (max_over_time(faststream_received_processed_messages_total{status="acked"}[5m])) > 0')}
     assert {"router", "inapp"} <= processed
     published = {r["metric"]["service"] for r in platform.query('sum by (service) (max_over_time(faststream_published_messages_total{status="success"}[5m])) > 0')}
-    assert {"ingress", "router", "inapp"} <= published
+    # The router writes dispatches with its own batching producer (herald_dispatches_total, above),
+    # so FastStream's publish counter moves for it only when it publishes something else.
+    assert {"ingress", "inapp"} <= published
     assert platform.value('histogram_quantile(0.99, sum by (le) (rate(herald_end_to_end_latency_seconds_bucket{channel="inapp"}[1m])))') > 0
 
 
@@ -93,7 +95,10 @@ def test_prometheus_loads_the_shipped_rules_and_evaluates_every_query(platform):
         "HeraldProviderErrorRatioHigh",
         "HeraldEndToEndLatencyHigh",
         "HeraldSmsSpendOverBudget",
+        "channel:herald_scaling_lag:sum",
     }
+    # The series KEDA scales on exists for the running sender (a number, paused or not).
+    wait_for(lambda: platform.query('channel:herald_scaling_lag:sum{channel="inapp"} >= 0'), what="the in-app scaling series")
     for where, expr in all_queries():
         if expr.startswith("label_values("):
             continue
