@@ -22,7 +22,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.partitioner import murmur2
 
-from shared import CloudEvent, InvalidMessage, Outgoing, Resources, dead_letter, event_id_var, publish_many
+from shared import CloudEvent, InvalidMessage, Outgoing, Resources, dead_letter, publish_many
 from shared._kafka import kafka_options
 
 from . import logic, repo
@@ -46,6 +46,15 @@ class Item:
     recipients: dict[Notification, list[str] | None] = field(default_factory=dict)
     failed: InvalidMessage | None = None
     too_large: bool = False  # a dispatch of it exceeded the largest record; dead-lettered once
+
+    @property
+    def about(self) -> dict[str, Any]:
+        """``extra=`` for a log line about this record: it carries the record's event id.
+
+        A batch interleaves its records, so the id goes on each line rather than into the
+        ``event_id`` context variable, which would stay set for every later line of the batch.
+        """
+        return {"event_id": self.event.id} if self.event is not None else {}
 
 
 @dataclass
@@ -111,11 +120,10 @@ class BatchRouter:
         item = Item(record)
         try:
             item.event = event = logic.parse_event(record.value)
-            event_id_var.set(event.id)
             notifications = self.catalogue.get(event.type)
             if notifications is None:
                 res.metrics.events.labels("unknown", "skipped").inc()
-                log.debug("skipped event of unknown type %r", event.type)
+                log.debug("skipped event of unknown type %r", event.type, extra=item.about)
                 return item
             item.data = logic.validate_data(event)
             item.notifications = notifications
@@ -135,7 +143,7 @@ class BatchRouter:
             if not logic.printable(item.data["user_id"]):
                 raise InvalidMessage("invalid_data", "data.user_id: a user id may not contain control characters")
             outcome = await recipients_of(res).apply_event(item.event.type, item.data["user_id"], fields, time=item.event.time)
-            log.info("directory %s for user %s by %s", outcome, item.data["user_id"], item.event.type)
+            log.info("directory %s for user %s by %s", outcome, item.data["user_id"], item.event.type, extra=item.about)
         except InvalidMessage as exc:
             item.failed = exc
 
@@ -197,7 +205,7 @@ class BatchRouter:
             await self.finish(chunk, res)
             total += len(page)
             after = page[-1]
-        log.info("broadcast %s %s to %d users", item.event.type, notification.template, total)
+        log.info("broadcast %s %s to %d users", item.event.type, notification.template, total, extra=item.about)
 
     def dead_letter(self, item: Item, res: Resources, trace: list[dict[str, Any]], *, count_event: bool = True) -> Outgoing:
         exc, record = item.failed, item.record
@@ -205,7 +213,7 @@ class BatchRouter:
         if count_event:  # False for an event already counted as routed
             res.metrics.events.labels("invalid", "dead_lettered").inc()
         res.metrics.dead_lettered.labels("router", exc.reason).inc()
-        log.warning("dead-lettered %s/%s@%s: %s", record.topic, record.partition, record.offset, exc)
+        log.warning("dead-lettered %s/%s@%s: %s", record.topic, record.partition, record.offset, exc, extra=item.about)
         if item.event is not None:
             trace.append(logic.dead_letter_row(item.event, exc.reason, exc.detail))
         return dead_letter(self.settings, record, stage="router", reason=exc.reason, error=exc.detail)
