@@ -12,10 +12,11 @@ from typing import Annotated, Any, Literal
 import asyncpg
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from faststream import Context
 from faststream.kafka import KafkaBroker, KafkaRouter
 from prometheus_client import CollectorRegistry, make_asgi_app
+from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
@@ -206,6 +207,12 @@ def create_service(
 
     if api is not None:
         app.include_router(api)
+    async def metrics(request: Request) -> Response:
+        """``/metrics`` answered directly (no redirect to ``/metrics/``, which the shipped scrape configs use)."""
+        encoder, content_type = choose_encoder(request.headers.get("accept"))
+        return Response(encoder(registry), headers={"Content-Type": content_type})
+
+    app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
     app.mount("/metrics", make_asgi_app(registry))
     # Outermost but for the error middleware: an oversized body is refused before anything parses or authenticates it.
     app.add_middleware(BodyLimit, limits=body_limits(settings.max_body_bytes, settings.body_limit_table()))

@@ -36,11 +36,15 @@ async def test_readyz_reports_each_dependency_and_turns_false_when_redis_stops(i
         local.stop(redis)
 
 
-async def test_metrics_endpoint_serves_prometheus_text(infra, namespace):
+async def test_metrics_endpoint_serves_prometheus_text_with_and_without_the_slash(infra, namespace):
     async with running(create_app(settings_for(Settings, infra, namespace))) as client:
-        response = await client.get("/metrics/")
-        assert response.status_code == 200
-        assert "herald_deliveries_total" in response.text
+        for path in ("/metrics", "/metrics/"):
+            response = await client.get(path, follow_redirects=False)
+            assert response.status_code == 200, path
+            assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+            assert "herald_deliveries_total" in response.text
+        openmetrics = await client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        assert openmetrics.headers["content-type"].startswith("application/openmetrics-text") and openmetrics.text.endswith("# EOF\n")
 
 
 async def test_redis_with_a_password_is_reached_through_the_url_and_a_wrong_one_is_not(infra, namespace, tmp_path):
