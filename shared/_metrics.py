@@ -50,6 +50,16 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.hops = Histogram(
+            "herald_hop_latency_seconds",
+            "Where a notification's time goes, hop by hop: route (event time to the router's decision), "
+            "queue (decision to a sender picking the dispatch up; first attempts only), claim (pick-up to the "
+            "provider call: ledger claim and checks), record (provider acceptance to the ledger saying sent), "
+            "publish (the batch's outcomes written to Kafka). The provider call itself: herald_provider_latency_seconds.",
+            ["hop", "channel"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.sms_segments = Counter(
             "herald_sms_segments_total",
             "SMS segments handed to the provider, by event type, category and destination country",

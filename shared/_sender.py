@@ -375,10 +375,13 @@ class SenderPipeline:
         outgoing = [m for result in results if isinstance(result, list) for m in result]
         outages = [r for r in results if isinstance(r, BaseException)]
         if outgoing:
+            began = time.perf_counter()
             try:
                 await publish_many(res.broker, outgoing)
             except Exception as exc:
                 outages.append(exc)
+            else:
+                res.metrics.hops.labels("publish", self.channel.value).observe(time.perf_counter() - began)
         if outages:
             await self._outages.failed(res, outages[0])
             raise Outage(str(outages[0])) from outages[0]
@@ -394,6 +397,8 @@ class SenderPipeline:
             return [dead_letter(self.settings, record, stage=self.channel.value, reason="invalid_dispatch", error=str(exc))]
         event_id_var.set(dispatch.event_id)
         notification_id_var.set(str(dispatch.notification_id))
+        if dispatch.attempt == 1 and dispatch.not_before is None:  # straight from the router, not a retry or a delay
+            res.metrics.hops.labels("queue", self.channel.value).observe(max((self.clock() - dispatch.created_at).total_seconds(), 0.0))
         return await self.process(dispatch, res, lane=lane, record=record)
 
     async def process(self, dispatch: Dispatch, res: Resources, *, lane: str, record: ConsumerRecord | None = None) -> list[Outgoing]:
@@ -405,6 +410,7 @@ class SenderPipeline:
             return await self._replay(dispatch, res)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._running[nid] = done  # before any await: a second copy in this process now waits
+        picked = time.perf_counter()
         try:
             try:
                 async with res.pool.acquire() as conn:
@@ -416,7 +422,7 @@ class SenderPipeline:
                 return self._dead_letter_unclaimable(dispatch, res, exc)
             if attempts is None:
                 return await self._not_ours(dispatch, res)
-            return await self._deliver(dispatch, res)
+            return await self._deliver(dispatch, res, picked=picked)
         finally:
             del self._running[nid]
             done.set_result(None)
@@ -457,13 +463,15 @@ class SenderPipeline:
         )
         return [Outgoing(self.settings.status_topic, status, key=str(dispatch.notification_id))]
 
-    async def _deliver(self, dispatch: Dispatch, res: Resources) -> list[Outgoing]:
+    async def _deliver(self, dispatch: Dispatch, res: Resources, *, picked: float | None = None) -> list[Outgoing]:
         now = self.clock()
         if dispatch.expires_at is not None and now >= dispatch.expires_at:
             return await self._record(dispatch, res, DeliveryState.expired, reason="expired", error=f"expired at {dispatch.expires_at.isoformat()}")
         if self.gate.blocks():
             return await self._wait_for_channel(dispatch, res)
         started = time.perf_counter()
+        if picked is not None:
+            res.metrics.hops.labels("claim", self.channel.value).observe(started - picked)
         try:
             provider_id = await self.deliver(dispatch, res)
         except Suppressed as exc:
@@ -494,7 +502,10 @@ class SenderPipeline:
             res.metrics.end_to_end.labels(self.channel.value, lane_label).observe(max((self.clock() - dispatch.event_time).total_seconds(), 0.0))
         log.info("sent %s %s to user %s", self.channel.value, dispatch.event_type, dispatch.recipient.user_id)
         # The provider has it: from here on, only recording it is left, whatever the database does.
-        return await self._record(dispatch, res, DeliveryState.sent, provider_message_id=provider_id, patient=True)
+        accepted = time.perf_counter()
+        out = await self._record(dispatch, res, DeliveryState.sent, provider_message_id=provider_id, patient=True)
+        res.metrics.hops.labels("record", self.channel.value).observe(time.perf_counter() - accepted)
+        return out
 
     def _observe_latency(self, res: Resources, started: float) -> None:
         res.metrics.provider_latency.labels(self.channel.value, self.provider_name(res)).observe(time.perf_counter() - started)

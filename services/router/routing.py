@@ -177,6 +177,8 @@ class BatchRouter:
                     chunk.dispatches[(decision.channel.value, lane, "routed", "")] += 1
                     topic = self.settings.notify_topic(decision.channel.value, critical=critical)
                     chunk.out.append(Outgoing(topic, value, key=decision.user_id))
+                    if event.time is not None:
+                        res.metrics.hops.labels("route", decision.channel.value).observe(max((decision.dispatch.created_at - event.time).total_seconds(), 0.0))
                     continue
             chunk.dispatches[(decision.channel.value, lane, "suppressed", decision.reason)] += 1
         chunk.trace += logic.trace_rows(event, decisions)

@@ -43,6 +43,9 @@ def test_prometheus_scrapes_every_service_and_sees_the_traffic_move(platform):
         return lanes.get("critical", 0) >= first_lanes.get("critical", 0) + 2 and lanes.get("normal", 0) >= first_lanes.get("normal", 0) + 8
 
     wait_for(lanes_moved, what="end-to-end latency observed in both lanes")
+    # Where the time went, hop by hop, from the router's decision to the statuses written.
+    hops = {r["metric"]["hop"] for r in platform.query('sum by (hop) (herald_hop_latency_seconds_count{channel="inapp"}) > 0')}
+    assert hops == {"route", "queue", "claim", "record", "publish"}
     dispatched = {(r["metric"]["channel"], r["metric"]["lane"]) for r in platform.query('sum by (channel, lane) (herald_dispatches_total{outcome="routed"})')}
     assert {("inapp", "critical"), ("inapp", "normal")} <= dispatched
     # Over the last minutes, not the last scrape alone: on a busy machine one scrape of a service may time out.

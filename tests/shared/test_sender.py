@@ -112,6 +112,34 @@ async def test_a_dispatch_consumed_twice_is_delivered_once(infra, sender, db, le
     assert (row["status"], row["attempts"], row["provider_message_id"]) == ("sent", 1, "msg-1")
 
 
+async def test_each_hop_of_a_delivery_is_timed_and_a_retry_is_not_counted_as_queueing(infra, sender, db, ledger_schema):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    provider = ScriptedProvider()
+    settings, app = await sender(provider)
+    fresh = dispatch(created_at=datetime.now(UTC) - timedelta(seconds=2))
+    retried = dispatch(created_at=datetime.now(UTC) - timedelta(hours=1), attempt=2, not_before=datetime.now(UTC) - timedelta(seconds=1))
+    async with app as client:
+        for d in (fresh, retried):
+            await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=b"u1")
+        await statuses(infra, settings, 2, final=True)
+
+        async def hops() -> dict[tuple[str, str], float]:
+            text = (await client.get("/metrics")).text
+            found = {
+                (sample.labels["hop"], sample.name.rsplit("_", 1)[1]): sample.value
+                for family in text_string_to_metric_families(text)
+                if family.name == "herald_hop_latency_seconds"
+                for sample in family.samples
+                if sample.name.endswith(("_count", "_sum")) and sample.labels["channel"] == "inapp"
+            }
+            return found if found.get(("publish", "count"), 0) >= 1 else {}
+
+        timed = await eventually(hops, what="the publish hop observed")
+    assert timed[("queue", "count")] == 1 and 2.0 <= timed[("queue", "sum")] < 600  # the fresh one only, from its decision
+    assert timed[("claim", "count")] == 2 and timed[("record", "count")] == 2
+
+
 async def test_transient_failures_are_retried_through_the_retry_topic_until_sent(infra, sender, db, ledger_schema):
     provider = ScriptedProvider(TransientError("http_503"), TransientError("timeout"))
     settings, app = await sender(provider, retry_base_seconds=0.05, retry_cap_seconds=0.2)
