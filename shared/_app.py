@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from ._db import create_pool
-from ._kafka import kafka_options, make_broker
+from ._kafka import kafka_options, make_broker, start_broker
 from ._lag import consumer_lag
 from ._limits import BodyLimit, body_limits
 from ._logging import configure_logging
@@ -154,7 +154,7 @@ def create_service(
                 await stack.enter_async_context(hook(resources))
             # Pushed after the hooks, so it runs before they close: providers outlive the drain.
             stack.push_async_callback(stop_broker)
-            await broker.start()
+            await start_broker(broker)
             await stack.enter_async_context(
                 consumer_lag(kafka_options(settings), broker, resources.metrics, interval=settings.consumer_lag_interval_seconds)
             )

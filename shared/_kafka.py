@@ -94,6 +94,21 @@ async def _raw(message: Any) -> None:
     return None
 
 
+async def start_broker(broker: KafkaBroker) -> None:
+    """``broker.start()``, with every subscriber joining its consumer group at the same time.
+
+    FastStream starts subscribers one after another, and each group join waits at the broker
+    before it answers (Kafka's initial rebalance delay, 3 s by default; the embedded broker waits
+    half the session timeout): a sender has four consumer groups, so it took four such waits to
+    become ready after every start and restart.
+    """
+    await broker.connect()
+    await asyncio.gather(*(subscriber.start() for subscriber in broker.subscribers))
+    for publisher in broker.publishers:
+        await publisher.start()
+    broker.running = True
+
+
 def subscriber_options(settings: HeraldSettings, group: str) -> dict[str, Any]:
     """Options of every Herald consumer: batches, commit after the batch is finished, earliest, no decoding."""
     from faststream import AckPolicy
