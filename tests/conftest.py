@@ -118,9 +118,16 @@ async def _shared_producers() -> AsyncIterator[None]:
 
 
 @pytest.fixture
-def namespace() -> str:
-    """A topic namespace of this test's own: its topics and consumer groups touch no other test's."""
-    return new_namespace()
+async def namespace(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """A topic namespace of this test's own: its topics and consumer groups touch no other test's.
+
+    Its topics are deleted afterwards: the session's broker answers more slowly with every topic
+    it holds (joins, fetches), and the suite creates thousands.
+    """
+    name = new_namespace()
+    yield name
+    if "infra" in request.fixturenames:
+        await support.delete_topics(request.getfixturevalue("infra").kafka_bootstrap, prefix=name)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import secrets
 import threading
@@ -74,6 +75,22 @@ def production(**more: Any) -> dict[str, Any]:
 
 async def make_topics(settings: HeraldSettings) -> None:
     await create_topics(settings)
+
+
+async def delete_topics(bootstrap: str, *, prefix: str) -> None:
+    """Delete every topic whose name starts with ``prefix`` (best effort: a failure leaves them)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    except Exception as exc:  # the test's own outcome stands; the topics stay
+        logging.getLogger(__name__).warning("topics of %s not deleted: %r", prefix, exc)
+    finally:
+        await admin.close()
 
 
 @contextlib.asynccontextmanager

@@ -499,9 +499,11 @@ async def test_stopping_drains_the_sends_in_flight_before_the_providers_close(in
 
     settings, app = await sender(provider, hooks=[provider_hook])
     batch = [dispatch() for _ in range(3)]
+    # Written before the sender starts, so its first fetch takes all three in one batch: records of
+    # one partition arriving one by one would wait behind the first, held at the gate.
+    for d in batch:
+        await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=b"u1")
     async with app:
-        for d in batch:
-            await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=b"u1")
         await eventually(lambda: asyncio.sleep(0, result=len(provider.started) == 3), what="three sends in flight", timeout=60)
         asyncio.get_running_loop().call_later(0.5, provider.gate.set)  # they finish while the app is stopping
     assert closed_while_sending == [False]
