@@ -6,7 +6,9 @@ key returns the same id and is not stored twice; ``GET /api/resend/replays`` cou
 such answers). Faults injected with
 ``POST /api/faults {"provider": "resend", "status": 429, "retry_after": 2}``
 answer with that status (0 hangs until the client gives up);
-``HERALD_SANDBOX_RESEND_DELAY_MS`` (or ``PUT /api/resend/delay``) slows every answer.
+``HERALD_SANDBOX_RESEND_DELAY_MS`` (or ``PUT /api/resend/delay``) slows every answer to a
+well-formed send: the request is read, then the delay, then the mail is taken (even if the client
+stopped waiting meanwhile) and answered.
 """
 
 from __future__ import annotations

@@ -103,7 +103,9 @@ async def start_broker(broker: KafkaBroker) -> None:
     become ready after every start and restart.
     """
     await broker.connect()
-    await asyncio.gather(*(subscriber.start() for subscriber in broker.subscribers))
+    async with asyncio.TaskGroup() as group:  # one failing cancels the others' joins
+        for subscriber in broker.subscribers:
+            group.create_task(subscriber.start())
     for publisher in broker.publishers:
         await publisher.start()
     broker.running = True

@@ -397,7 +397,8 @@ class SenderPipeline:
             return [dead_letter(self.settings, record, stage=self.channel.value, reason="invalid_dispatch", error=str(exc))]
         event_id_var.set(dispatch.event_id)
         notification_id_var.set(str(dispatch.notification_id))
-        if dispatch.attempt == 1 and dispatch.not_before is None:  # straight from the router, not a retry or a delay
+        fresh = dispatch.attempt == 1 and dispatch.not_before is None and dispatch.retry_from is None  # not a retry, delay or replay
+        if fresh and dispatch.created_at.tzinfo is not None:
             res.metrics.hops.labels("queue", self.channel.value).observe(max((self.clock() - dispatch.created_at).total_seconds(), 0.0))
         return await self.process(dispatch, res, lane=lane, record=record)
 

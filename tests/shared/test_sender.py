@@ -112,17 +112,18 @@ async def test_a_dispatch_consumed_twice_is_delivered_once(infra, sender, db, le
     assert (row["status"], row["attempts"], row["provider_message_id"]) == ("sent", 1, "msg-1")
 
 
-async def test_each_hop_of_a_delivery_is_timed_and_a_retry_is_not_counted_as_queueing(infra, sender, db, ledger_schema):
+async def test_each_hop_of_a_delivery_is_timed_and_a_retry_or_replay_is_not_counted_as_queueing(infra, sender, db, ledger_schema):
     from prometheus_client.parser import text_string_to_metric_families
 
     provider = ScriptedProvider()
     settings, app = await sender(provider)
     fresh = dispatch(created_at=datetime.now(UTC) - timedelta(seconds=2))
     retried = dispatch(created_at=datetime.now(UTC) - timedelta(hours=1), attempt=2, not_before=datetime.now(UTC) - timedelta(seconds=1))
+    replayed = dispatch(created_at=datetime.now(UTC) - timedelta(hours=1), retry_from=datetime.now(UTC))  # as `herald dlq replay` writes it
     async with app as client:
-        for d in (fresh, retried):
+        for d in (fresh, retried, replayed):
             await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=b"u1")
-        await statuses(infra, settings, 2, final=True)
+        await statuses(infra, settings, 3, final=True)
 
         async def hops() -> dict[tuple[str, str], float]:
             text = (await client.get("/metrics")).text
@@ -137,7 +138,7 @@ async def test_each_hop_of_a_delivery_is_timed_and_a_retry_is_not_counted_as_que
 
         timed = await eventually(hops, what="the publish hop observed")
     assert timed[("queue", "count")] == 1 and 2.0 <= timed[("queue", "sum")] < 600  # the fresh one only, from its decision
-    assert timed[("claim", "count")] == 2 and timed[("record", "count")] == 2
+    assert timed[("claim", "count")] == 3 and timed[("record", "count")] == 3
 
 
 async def test_transient_failures_are_retried_through_the_retry_topic_until_sent(infra, sender, db, ledger_schema):
