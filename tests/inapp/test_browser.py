@@ -138,6 +138,13 @@ async def test_the_inbox_page_filters_loads_more_deletes_and_clears(infra, brows
         await inbox.locator("button.more").click()
         await expect(rows).to_have_count(23, timeout=TIMEOUT_MS)
         await expect(inbox.locator("button.more")).to_be_hidden(timeout=TIMEOUT_MS)  # the next page answered "no more"
+        # The stream reconnects (a network blip, a new token): what is shown is refreshed as deep as it was loaded.
+        async with page.expect_response(lambda r: "/v1/inbox?" in r.url and "cursor=" not in r.url) as listed:
+            await inbox.evaluate("el => { el.stream.source.close(); el.stream.open(); }")
+        assert "limit=23" in (await listed.value).url
+        await page.evaluate("() => new Promise((done) => setTimeout(done, 200))")
+        await expect(rows).to_have_count(23)
+        await expect(inbox.locator("button.more")).to_be_hidden()
         ARTIFACTS.mkdir(exist_ok=True)
         await page.evaluate("window.scrollTo(0, 0)")
         await page.screenshot(path=str(ARTIFACTS / "inapp-inbox.png"))

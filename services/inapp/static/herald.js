@@ -166,7 +166,8 @@ class HeraldElement extends HTMLElement {
     this.api = new HeraldApi(this.getAttribute('api-base'), () => this.token());
     this.refresh().catch((error) => this.problem(error));
     this.stream = new HeraldStream(this.api, {
-      ready: (state) => { this.setUnread(state.unread); this.refresh().catch((error) => this.problem(error)); },
+      // A (re)connect: show what is current, as deep as the user has loaded (the inbox keeps its pages).
+      ready: (state) => { this.setUnread(state.unread); this.refresh({ keep: true }).catch((error) => this.problem(error)); },
       notification: (item) => this.added(item),
       unread: (count) => this.setUnread(count),
       change: (change) => this.changed(change),
@@ -188,7 +189,7 @@ class HeraldElement extends HTMLElement {
 
   applyChange(items, { op, ids }) {
     if (op === 'resync') {
-      this.refresh().catch((error) => this.problem(error));
+      this.refresh({ keep: true }).catch((error) => this.problem(error));
       return items;
     }
     const touched = new Set(ids);
@@ -433,8 +434,9 @@ export class HeraldInbox extends HeraldElement {
     return (!category || item.category === category) && (!unread || !item.read);
   }
 
-  async refresh() {
-    const page = await this.api.list({ ...this.filters(), limit: 20 });
+  async refresh({ keep = false } = {}) {
+    // keep: as many rows as are shown (pages loaded with "Load more" stay), not back to the first page.
+    const page = await this.api.list({ ...this.filters(), limit: keep ? Math.max(20, this.items.length) : 20 });
     this.items = page.items;
     this.cursor = page.next_cursor;
     this.render();
