@@ -207,6 +207,7 @@ def create_service(
 
     if api is not None:
         app.include_router(api)
+
     async def metrics(request: Request) -> Response:
         """``/metrics`` answered directly (no redirect to ``/metrics/``, which the shipped scrape configs use)."""
         encoder, content_type = choose_encoder(request.headers.get("accept"))

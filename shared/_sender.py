@@ -464,15 +464,14 @@ class SenderPipeline:
         )
         return [Outgoing(self.settings.status_topic, status, key=str(dispatch.notification_id))]
 
-    async def _deliver(self, dispatch: Dispatch, res: Resources, *, picked: float | None = None) -> list[Outgoing]:
+    async def _deliver(self, dispatch: Dispatch, res: Resources, *, picked: float) -> list[Outgoing]:
         now = self.clock()
         if dispatch.expires_at is not None and now >= dispatch.expires_at:
             return await self._record(dispatch, res, DeliveryState.expired, reason="expired", error=f"expired at {dispatch.expires_at.isoformat()}")
         if self.gate.blocks():
             return await self._wait_for_channel(dispatch, res)
         started = time.perf_counter()
-        if picked is not None:
-            res.metrics.hops.labels("claim", self.channel.value).observe(started - picked)
+        res.metrics.hops.labels("claim", self.channel.value).observe(started - picked)
         try:
             provider_id = await self.deliver(dispatch, res)
         except Suppressed as exc:

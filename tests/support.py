@@ -21,6 +21,7 @@ import httpx
 import jwt
 import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient
 from fastapi import FastAPI
 
 from herald.infra import free_port
@@ -79,8 +80,6 @@ async def make_topics(settings: HeraldSettings) -> None:
 
 async def delete_topics(bootstrap: str, *, prefix: str) -> None:
     """Delete every topic whose name starts with ``prefix`` (best effort: a failure leaves them)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         await admin.start()
