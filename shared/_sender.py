@@ -233,7 +233,7 @@ class SenderPipeline:
         ]
         for topics, group, lane, delayed in lanes:
             router.subscriber(
-                *topics, **subscriber_options(s, group), title=f"{ch}:{lane}", description=f"Dispatches for the {ch} channel ({lane})"
+                *topics, **subscriber_options(s, group, background=delayed), title=f"{ch}:{lane}", description=f"Dispatches for the {ch} channel ({lane})"
             )(self._handler(lane, delayed=delayed))
         # Declared for the AsyncAPI document: what this sender writes.
         router.publisher(s.status_topic, title=f"{ch}:writes:status", schema=DeliveryStatus, description="Every delivery outcome")

@@ -94,7 +94,11 @@ class HeraldSettings(BaseSettings):
     kafka_partitions: int = 12
     kafka_replication_factor: int = 1
     kafka_max_batch: int = 500
-    kafka_batch_timeout_ms: int = 50
+    kafka_batch_timeout_ms: int = 50  # how long a consumer waits for a batch before it looks again (it returns as soon as records come)
+    # How long the broker may hold a fetch while it has nothing new. Kafka answers as soon as a record
+    # arrives, so this costs no latency there; the embedded broker holds the fetch for the whole wait,
+    # so on it this bounds every hop's latency (`herald run` and the tests lower it: docs/performance.md).
+    kafka_fetch_max_wait_ms: int = Field(default=100, ge=1)
     kafka_request_timeout_ms: int = 40_000  # a produce request (and a queued record) fails after this long
     kafka_max_message_bytes: int = 1_000_000  # largest dispatch the router writes; keep under the broker's message.max.bytes
     kafka_group_prefix: str = "herald"

@@ -29,7 +29,6 @@ def build_router(settings: Settings, catalogue: Catalogue) -> KafkaRouter:
     @router.subscriber(
         pattern=settings.domain_pattern(),
         **subscriber_options(settings, "router"),
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         title="router:domain",
     )
     async def on_domain_events(_: None, msg: KafkaMessage, res: KafkaResources) -> None:
@@ -41,7 +40,7 @@ def build_router(settings: Settings, catalogue: Catalogue) -> KafkaRouter:
             raise
         routing_outage.ok(res)
 
-    @router.subscriber(settings.status_topic, **subscriber_options(settings, "router-status"), title="router:status")
+    @router.subscriber(settings.status_topic, **subscriber_options(settings, "router-status", background=True), title="router:status")
     async def on_delivery_statuses(_: None, msg: KafkaMessage, res: KafkaResources) -> None:
         rows, dead = statuses_of(list(msg.raw_message), res, settings)
         try:

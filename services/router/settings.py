@@ -16,7 +16,6 @@ class Settings(HeraldSettings):
     route_chunk: int = Field(default=250, ge=1)  # events decided, published and traced together
     route_pipeline_depth: int = Field(default=4, ge=1)  # chunks of one batch being published and traced at once
     broadcast_page: int = Field(default=1000, ge=1)  # users routed per step of a broadcast
-    fetch_max_wait_ms: int = Field(default=100, ge=0)  # longest a fetch waits at the broker for new events (latency bound)
     dispatch_linger_ms: int = Field(default=5, ge=0)  # how long the dispatch producer waits to fill a batch
     dispatch_max_batch_bytes: int = Field(default=512 * 1024, ge=16 * 1024)  # below the broker's message.max.bytes
     trace_retention_days: float = Field(default=30, gt=0)  # decision-trace rows older than this are pruned
