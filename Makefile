@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install system-deps run test test-fast chaos audit lock schemas migrate topics clean help bench-router bench-email bench-inapp
+.PHONY: install system-deps run test test-fast chaos audit lock schemas migrate topics clean help bench bench-router bench-email bench-inapp
 
 help:
 	@echo "make run     start Kafka (embedded), PostgreSQL, Redis, every service and the sandbox"
@@ -14,7 +14,8 @@ help:
 	@echo "make audit   known vulnerabilities in requirements.lock (fails only when the lock changed and a fix exists)"
 	@echo "make schemas regenerate schemas/ from the models"
 	@echo "make lock    re-pin requirements.lock (tests too) and requirements.runtime.lock (the image) from pyproject.toml"
-	@echo "make bench-router / bench-email / bench-inapp   print throughput and latency figures"
+	@echo "make bench   the whole pipeline end to end next to a Celery worker: throughput, CPU, latency, broadcast, memory"
+	@echo "make bench-router / bench-email / bench-inapp   print one service's throughput and latency figures"
 
 install: $(STAMP)
 
@@ -69,6 +70,10 @@ topics: install
 	$(BIN)/herald topics
 
 # Benchmarks print figures; they never fail on speed. Each starts what it needs on free ports.
+# BENCH_ARGS="--quick" for a smoke run, "--profile" for py-spy profiles, "--save-baseline" to store the result.
+bench: install
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
 bench-router: install
 	$(BIN)/python scripts/bench_router.py
 
@@ -80,7 +85,7 @@ bench-inapp: install
 	$(BIN)/python -m tests.inapp.bench_fanout --url http://127.0.0.1:$${HERALD_INAPP_PORT:-8106}
 
 lock:
-	$(UV) pip compile pyproject.toml --extra test -o requirements.lock --python-version 3.11
+	$(UV) pip compile pyproject.toml --extra test --extra bench -o requirements.lock --python-version 3.11
 	$(UV) pip compile pyproject.toml -c requirements.lock -o requirements.runtime.lock --python-version 3.11
 
 clean:
