@@ -8,7 +8,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
 
 from shared import Channel, Dispatch, HeraldSettings, header, utcnow
-from shared._kafka import DLQ_REASON, DLQ_STAGE, DLQ_TOPIC, kafka_options
+from shared._kafka import DLQ_REASON, DLQ_STAGE, DLQ_TOPIC, REPLAY_HEADER, kafka_options
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ async def replay(settings: HeraldSettings, *, stage: str, reason: str | None = N
                     replayed += 1
                     if not dry_run:
                         headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith("herald-")]
+                        headers.append((REPLAY_HEADER, f"{tp.partition}@{record.offset}".encode()))
                         await producer.send_and_wait(target[0], target[1], key=record.key, headers=headers)
         if not dry_run:
             await consumer.commit({tp: end[tp] for tp in partitions})

@@ -33,6 +33,9 @@ DLQ_ERROR = "herald-error"
 DLQ_TOPIC = "herald-original-topic"
 DLQ_PARTITION = "herald-original-partition"
 DLQ_OFFSET = "herald-original-offset"
+#: On a message `herald dlq replay` re-published: where the dead letter was (``<partition>@<offset>`` of
+#: ``dlq``). The router walks a replayed broadcast again rather than taking it for a redelivery.
+REPLAY_HEADER = "herald-replay"
 
 
 def kafka_ssl_context(settings: HeraldSettings) -> ssl.SSLContext | None:

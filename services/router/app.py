@@ -14,10 +14,11 @@ from shared import Resources, create_service
 
 from . import repo
 from .api import api
+from .broadcasts import Broadcasts
 from .catalogue import load_catalogue
 from .directory import Recipients
 from .handlers import build_router
-from .routing import dispatch_producer_for
+from .routing import BatchRouter, dispatch_producer_for
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
 
     @contextlib.asynccontextmanager
+    async def broadcasts(res: Resources) -> AsyncIterator[None]:
+        walkers = Broadcasts(settings, catalogue, BatchRouter(settings, catalogue))
+        res.extra["broadcasts"] = walkers
+        walkers.run(res)
+        try:
+            yield
+        finally:
+            await walkers.stop()
+
+    @contextlib.asynccontextmanager
     async def trace_retention(res: Resources) -> AsyncIterator[None]:
         task = asyncio.create_task(prune_trace_forever(res, settings))
         try:
@@ -66,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Turns domain events into one dispatch per recipient and channel; keeps recipients, preferences and the decision trace.",
         kafka_routers=[build_router(settings, catalogue)],
         api=api,
-        hooks=[recipients, dispatch_producer, trace_retention],
+        hooks=[recipients, dispatch_producer, broadcasts, trace_retention],
     )
     app.state.catalogue = catalogue
     return app

@@ -236,3 +236,115 @@ async def prune_trace(*, conn: Any, older_than: timedelta, limit: int) -> int:
         limit,
     )
     return int(decisions.split()[-1]) + int(deliveries.split()[-1])
+
+
+# ---------------------------------------------------------------------- broadcasts
+
+
+async def shard_bounds(*, conn: Any, shards: int) -> list[tuple[str | None, str | None]]:
+    """Split the users not deleted into ``shards`` ranges of about equal size: (after, upto] each.
+
+    The first range starts at the beginning and the last has no end, so users added while the
+    broadcast runs still belong to one range.
+    """
+    uppers = await conn.fetch(
+        """
+        SELECT max(user_id) AS upto FROM (
+            SELECT user_id, ntile($1) OVER (ORDER BY user_id) AS tile FROM router.recipients WHERE deleted_at IS NULL
+        ) t GROUP BY tile ORDER BY tile
+        """,
+        shards,
+    )
+    bounds: list[tuple[str | None, str | None]] = []
+    after: str | None = None
+    for row in uppers[:-1]:
+        bounds.append((after, row["upto"]))
+        after = row["upto"]
+    bounds.append((after, None))
+    return bounds
+
+
+async def create_broadcast(
+    *,
+    conn: Any,
+    namespace: str,
+    event_source: str,
+    event_id: str,
+    template: str,
+    generation: str,
+    event: bytes,
+    origin: str,
+    bounds: Sequence[tuple[str | None, str | None]],
+) -> bool:
+    """Write a broadcast's shards; False when the broadcast exists already (a redelivered event)."""
+    async with conn.transaction():
+        exists = await conn.fetchval(
+            """
+            SELECT true FROM router.broadcasts
+             WHERE namespace = $1 AND event_source = $2 AND event_id = $3 AND template = $4 AND generation = $5 LIMIT 1
+            """,
+            namespace, event_source, event_id, template, generation,
+        )
+        if exists:
+            return False
+        await conn.executemany(
+            """
+            INSERT INTO router.broadcasts (namespace, event_source, event_id, template, generation, shard, shards, event, origin, after_user, upto_user)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING
+            """,
+            [(namespace, event_source, event_id, template, generation, i, len(bounds), event, origin, after, upto) for i, (after, upto) in enumerate(bounds)],
+        )
+    return True
+
+
+async def claim_shard(*, conn: Any, namespace: str, owner: str, lease_seconds: float) -> dict[str, Any] | None:
+    """Take the oldest open shard nobody holds (or whose holder's lease ran out) under a lease."""
+    row = await conn.fetchrow(
+        """
+        UPDATE router.broadcasts SET lease_owner = $2, lease_until = now() + make_interval(secs => $3)
+         WHERE id = (
+            SELECT id FROM router.broadcasts
+             WHERE namespace = $1 AND finished_at IS NULL AND (lease_until IS NULL OR lease_until < now())
+             ORDER BY created_at, id
+             LIMIT 1 FOR UPDATE SKIP LOCKED
+         )
+        RETURNING *
+        """,
+        namespace, owner, lease_seconds,
+    )
+    return dict(row) if row else None
+
+
+async def shard_page(*, conn: Any, after: str | None, upto: str | None, limit: int) -> list[str]:
+    """The next ``limit`` users not deleted of a shard's range, after its cursor, in id order."""
+    rows = await conn.fetch(
+        """
+        SELECT user_id FROM router.recipients
+         WHERE deleted_at IS NULL AND ($1::text IS NULL OR user_id > $1) AND ($2::text IS NULL OR user_id <= $2)
+         ORDER BY user_id LIMIT $3
+        """,
+        after, upto, limit,
+    )
+    return [r["user_id"] for r in rows]
+
+
+async def advance_shard(*, conn: Any, shard: int, owner: str, after: str | None, routed: int, finished: bool, lease_seconds: float) -> bool:
+    """Move a shard's cursor past a page that is published and traced (and renew the lease); False when the lease was lost."""
+    done = await conn.fetchval(
+        """
+        UPDATE router.broadcasts
+           SET after_user = $3, routed = routed + $4,
+               lease_until = CASE WHEN $5 THEN NULL ELSE now() + make_interval(secs => $6) END,
+               lease_owner = CASE WHEN $5 THEN NULL ELSE lease_owner END,
+               finished_at = CASE WHEN $5 THEN now() END
+         WHERE id = $1 AND lease_owner = $2
+        RETURNING true
+        """,
+        shard, owner, after, routed, finished, lease_seconds,
+    )
+    return bool(done)
+
+
+async def release_shard(*, conn: Any, shard: int, owner: str) -> None:
+    """Give a shard back (a walker stopping): another takes it at once instead of after the lease."""
+    await conn.execute("UPDATE router.broadcasts SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2", shard, owner)

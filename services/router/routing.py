@@ -111,9 +111,10 @@ class BatchRouter:
                 group.create_task(self.record(chunk, res, release=in_flight))
                 await asyncio.sleep(0)  # let it start writing before the next chunk is decided
             group.create_task(self.publish(dispatches, res))
+        # A broadcast is only written down here (its shards); the walkers route it (broadcasts.py).
         for item in routable:
             for notification in (n for n, users in item.recipients.items() if users is None):
-                await self.broadcast(item, notification, res)
+                await res.extra["broadcasts"].start(item, notification, res)
 
     def parse(self, record: ConsumerRecord, res: Resources) -> Item:
         """Parse and validate one record; unknown types are counted and left alone."""
@@ -189,25 +190,6 @@ class BatchRouter:
             summary = f"{len(oversize)} dispatch(es) too large; the largest: {max(oversize)[1]}"
             item.failed = InvalidMessage("dispatch_too_large", summary)
             chunk.dead.append(self.dead_letter(item, res, chunk.trace, count_event=False))
-
-    async def broadcast(self, item: Item, notification: Notification, res: Resources) -> None:
-        """A notification to every user not deleted, a page of the directory at a time."""
-        assert item.event is not None
-        after: str | None = None
-        total = 0
-        while True:
-            async with res.pool.acquire() as conn:
-                page = await repo.active_user_ids(conn=conn, after=after, limit=self.settings.broadcast_page)
-            if not page:
-                break
-            profiles = await recipients_of(res).profiles(page)
-            chunk = Chunk()
-            self.collect(item, [notification], {notification: page}, profiles, chunk, res)
-            chunk.count(res)
-            await self.finish(chunk, res)
-            total += len(page)
-            after = page[-1]
-        log.info("broadcast %s %s to %d users", item.event.type, notification.template, total, extra=item.about)
 
     def dead_letter(self, item: Item, res: Resources, trace: list[dict[str, Any]], *, count_event: bool = True) -> Outgoing:
         exc, record = item.failed, item.record
