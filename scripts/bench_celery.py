@@ -120,10 +120,9 @@ async def _notify(w: _Worker, event: dict[str, Any]) -> None:
     if "inapp" not in off:
         text = w.inapp_templates.render("system_update", recipient["locale"], local_times(data, recipient["timezone"]))
         nid = notification_id(source=event["source"], event_id=event["id"], user_id=user_id, channel="inapp")
-        row, created = await repo.insert(
+        row, created, unread = await repo.insert(
             conn=w.db, id=nid, user_id=user_id, category="system_updates", type=event["type"], title=text["title"], body=text["body"],
             url=data.get("path"), data={}, created_at=dt.datetime.now(dt.UTC),
         )
-        unread = await repo.unread_count(conn=w.db, user_id=user_id)
         if created:
             w.redis.publish(f"bench:celery:inbox:{user_id}", json.dumps({"id": str(nid), "unread": unread}))

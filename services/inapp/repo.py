@@ -21,46 +21,50 @@ async def insert(
     url: str | None,
     data: dict[str, Any],
     created_at: datetime,
-) -> tuple[dict[str, Any] | None, bool]:
-    """Store a notification once, numbered next in its user's inbox; (the row, whether it is new).
+) -> tuple[dict[str, Any] | None, bool, int | None]:
+    """Store a notification once, numbered next in its user's inbox: (the row, whether it is new, unread count when new).
 
+    One statement, so one round trip: the user's counter is bumped only when no row has the id yet,
+    and its row stays locked until the statement commits, so one user's numbers commit in order.
+    Two copies of one notification stored at the same moment (which the ledger's claim prevents)
+    would leave a gap in the user's numbers; a stream that sees a gap reads from the table.
     The row of one stored before is returned too, unless the user deleted it since (None).
-
-    The per-user counter row stays locked until commit, so one user's numbers commit in order.
     """
-    async with conn.transaction():
-        seq = await conn.fetchval(
-            """
-            INSERT INTO inapp.inbox_sequences AS s (user_id, last_seq) VALUES ($1, 1)
+    row = await conn.fetchrow(
+        f"""
+        WITH fresh AS (
+            SELECT NOT EXISTS (SELECT 1 FROM inapp.notifications WHERE id = $1) AS new
+        ), seq AS (
+            INSERT INTO inapp.inbox_sequences AS s (user_id, last_seq)
+            SELECT $2, 1 FROM fresh WHERE new
             ON CONFLICT (user_id) DO UPDATE SET last_seq = s.last_seq + 1
             RETURNING last_seq
-            """,
-            user_id,
-        )
-        row = await conn.fetchrow(
-            f"""
+        ), stored AS (
             INSERT INTO inapp.notifications (id, seq, user_id, category, type, title, body, url, data, created_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            SELECT $1, seq.last_seq, $2, $3, $4, $5, $6, $7, $8, $9 FROM seq
             ON CONFLICT (id) DO NOTHING
             RETURNING {_COLUMNS}
-            """,
-            id,
-            seq,
-            user_id,
-            category,
-            type,
-            title,
-            body,
-            url,
-            data,
-            created_at,
         )
-        if row is None:  # already stored: give the number back
-            await conn.execute("UPDATE inapp.inbox_sequences SET last_seq = last_seq - 1 WHERE user_id = $1", user_id)
-    if row is not None:
-        return dict(row), True
+        SELECT stored.*,
+               (SELECT count(*) FROM inapp.notifications n WHERE n.user_id = $2 AND n.read_at IS NULL AND n.deleted_at IS NULL) + 1 AS unread
+          FROM stored
+        """,
+        id,
+        user_id,
+        category,
+        type,
+        title,
+        body,
+        url,
+        data,
+        created_at,
+    )
+    if row is not None:  # the count ran on the snapshot before this row: + 1 (it is unread)
+        stored = dict(row)
+        unread = stored.pop("unread")
+        return stored, True, unread
     existing = await conn.fetchrow(f"SELECT {_COLUMNS} FROM inapp.notifications WHERE id = $1 AND deleted_at IS NULL", id)
-    return (dict(existing) if existing else None), False
+    return (dict(existing) if existing else None), False, None
 
 
 async def page(
