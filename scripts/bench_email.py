@@ -3,12 +3,12 @@
 Starts its own embedded Kafka broker on a free port, a fresh database and the
 sandbox (as a separate process) whose SMTP server or Resend stand-in answers
 every message after ``--latency-ms`` (200 by default); fills ``notify.email``
-with ``--count`` dispatches, then runs one email service process (in this
-process) and measures from its first claim to its last send, as recorded in
-the ``email.ledger`` table.
+with ``--count`` dispatches, then runs one email service (in this process), or
+``--instances`` email service processes in one consumer group, and measures
+from the first claim to the last send, as recorded in the ``email.ledger`` table.
 
     .venv/bin/python scripts/bench_email.py [--provider smtp|resend] [--count 5000]
-        [--latency-ms 200] [--concurrency 256]
+        [--latency-ms 200] [--concurrency 256] [--instances 1]
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ from herald.cli import fresh_database  # noqa: E402
 from services.email.app import create_app  # noqa: E402
 from services.email.settings import Settings  # noqa: E402
 from shared import Channel, Dispatch, Recipient, create_topics, notification_id  # noqa: E402
+
+#: What the email service processes of --instances get from this run's settings.
+SETTINGS_PASSED = {
+    "kafka_bootstrap", "database_url", "redis_url", "kafka_topic_namespace", "kafka_group_prefix", "email_provider", "smtp_port", "resend_api_base",
+    "concurrency", "smtp_pool_size", "resend_max_connections", "database_pool_max", "kafka_max_batch", "log_level", "environment",
+}
 
 EXAMPLE = {"booking_id": "b_42", "student_id": "u_1", "instructor_id": "u_2", "title": "Piano lesson", "starts_at": "2026-12-01T15:00:00Z"}
 
@@ -96,26 +102,50 @@ async def run(args: argparse.Namespace) -> None:
         )
         await create_topics(settings)
         await fill(settings, args.count)
-        app = create_app(settings)
         db = await asyncpg.connect(database_url)
-        profiler = None
-        if args.profile:
-            import cProfile
 
-            profiler = cProfile.Profile()
-            profiler.enable()
-        started, cpu, sandbox_cpu = time.perf_counter(), cpu_seconds(), cpu_seconds(sandbox.pid)
-        async with app.router.lifespan_context(app):
+        async def finished() -> None:
             deadline = time.monotonic() + args.timeout
             while (done := await db.fetchval("SELECT count(*) FROM email.ledger WHERE status <> 'claimed'")) < args.count:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"only {done} of {args.count} finished within {args.timeout}s")
                 await asyncio.sleep(0.2)
-        wall = time.perf_counter() - started
+
+        profiler = None
+        if args.instances > 1:
+            # Separate processes in one consumer group, started before the topic is read: they share its partitions.
+            env = dict(os.environ, PYTHONPATH=str(ROOT), **{f"HERALD_{k.upper()}": str(v) for k, v in settings.model_dump(mode="json").items() if k in SETTINGS_PASSED})
+            procs = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "uvicorn", "--factory", "services.email.app:create_app", "--host", "127.0.0.1", "--port", str(infra.free_port()), "--no-access-log"],
+                    cwd=ROOT, env=env, stdout=open(bench_dir / f"email-{n}.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
+                )
+                for n in range(args.instances)
+            ]
+            started, sandbox_cpu = time.perf_counter(), cpu_seconds(sandbox.pid)
+            try:
+                await finished()
+                cpu = sum(cpu_seconds(p.pid) for p in procs)
+            finally:
+                for proc in procs:
+                    infra.stop(proc, timeout=30)
+            wall = time.perf_counter() - started
+        else:
+            app = create_app(settings)
+            if args.profile:
+                import cProfile
+
+                profiler = cProfile.Profile()
+                profiler.enable()
+            started, cpu, sandbox_cpu = time.perf_counter(), cpu_seconds(), cpu_seconds(sandbox.pid)
+            async with app.router.lifespan_context(app):
+                await finished()
+            wall = time.perf_counter() - started
+            cpu = cpu_seconds() - cpu
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(args.profile)
-        cpu, sandbox_cpu = cpu_seconds() - cpu, cpu_seconds(sandbox.pid) - sandbox_cpu
+        sandbox_cpu = cpu_seconds(sandbox.pid) - sandbox_cpu
         row = await db.fetchrow(
             "SELECT count(*) FILTER (WHERE status = 'sent') AS sent, count(*) FILTER (WHERE status <> 'sent') AS other, "
             "extract(epoch FROM max(sent_at) - min(claimed_at)) AS seconds FROM email.ledger"
@@ -123,11 +153,11 @@ async def run(args: argparse.Namespace) -> None:
         await db.close()
         received = len(httpx.get(f"http://127.0.0.1:{http_port}/api/messages", params={"provider": args.provider}, timeout=120).json())
         seconds = float(row["seconds"])
-        print(f"loop={type(asyncio.get_running_loop()).__module__.split('.')[0]} provider={args.provider} latency={args.latency_ms}ms concurrency={args.concurrency} batch={args.batch} count={args.count}")
+        print(f"loop={type(asyncio.get_running_loop()).__module__.split('.')[0]} provider={args.provider} latency={args.latency_ms}ms concurrency={args.concurrency} batch={args.batch} count={args.count} instances={args.instances}")
         print(f"sent={row['sent']} not_sent={row['other']} received_by_sandbox={received}")
         print(f"first claim to last send: {seconds:.2f}s -> {row['sent'] / seconds:.0f} sends/s")
         print(f"including start-up and consumer-group join: {wall:.2f}s -> {row['sent'] / wall:.0f} sends/s")
-        print(f"CPU per send: email service {cpu / row['sent'] * 1000:.2f} ms (one core would allow {row['sent'] / cpu:.0f}/s), "
+        print(f"CPU per send: email service{'s' if args.instances > 1 else ''} {cpu / row['sent'] * 1000:.2f} ms (one core would allow {row['sent'] / cpu:.0f}/s), "
               f"sandbox {sandbox_cpu / row['sent'] * 1000:.2f} ms; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     finally:
         infra.stop(sandbox)
@@ -147,6 +177,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--db-pool", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--instances", type=int, default=1, help="email service processes in one consumer group (more than 1: not profiled)")
     parser.add_argument("--profile", metavar="PATH", help="write a cProfile of the service's run to PATH")
     parser.add_argument("--postgres", default=os.environ.get("HERALD_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432"))
     parser.add_argument("--redis", default=os.environ.get("HERALD_BENCH_REDIS", "redis://127.0.0.1:6379/13"))
