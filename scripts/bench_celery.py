@@ -97,6 +97,7 @@ def notify(event: dict[str, Any]) -> None:
     try:
         w.loop.run_until_complete(_notify(w, event))
     except Exception as exc:
+        w.redis.delete(f"bench:celery:seen:{event['id']}")  # a redelivery tries again
         w.redis.rpush(FAILED, f"{type(exc).__name__}: {exc}")
         raise
     w.redis.rpush(DONE, f"{event['id']} {time.time()}")
@@ -120,9 +121,10 @@ async def _notify(w: _Worker, event: dict[str, Any]) -> None:
     if "inapp" not in off:
         text = w.inapp_templates.render("system_update", recipient["locale"], local_times(data, recipient["timezone"]))
         nid = notification_id(source=event["source"], event_id=event["id"], user_id=user_id, channel="inapp")
-        row, created, unread = await repo.insert(
+        row, created = await repo.insert(
             conn=w.db, id=nid, user_id=user_id, category="system_updates", type=event["type"], title=text["title"], body=text["body"],
             url=data.get("path"), data={}, created_at=dt.datetime.now(dt.UTC),
         )
+        unread = await repo.unread_count(conn=w.db, user_id=user_id)
         if created:
             w.redis.publish(f"bench:celery:inbox:{user_id}", json.dumps({"id": str(nid), "unread": unread}))

@@ -34,7 +34,7 @@ async def store_notification(dispatch: Dispatch, res: Resources, *, templates: M
     user_id = dispatch.recipient.user_id
     try:
         async with res.pool.acquire() as conn:
-            row, created, unread = await repo.insert(
+            row, created = await repo.insert(
                 conn=conn,
                 id=dispatch.notification_id,
                 user_id=user_id,
@@ -47,8 +47,9 @@ async def store_notification(dispatch: Dispatch, res: Resources, *, templates: M
                 data={k: dispatch.data[k] for k in templates.display_fields(dispatch.template) if k in dispatch.data},
                 created_at=dispatch.created_at,
             )
-            if row is not None and unread is None:  # stored before: announced again with today's count
-                unread = await repo.unread_count(conn=conn, user_id=user_id)
+            # Counted after the insert commits: a count inside it would miss a row of the same user
+            # committed while it waited for the user's counter.
+            unread = await repo.unread_count(conn=conn, user_id=user_id)
     except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
         raise TransientError("database_unavailable", str(exc)) from None
     if created:

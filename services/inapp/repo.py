@@ -21,8 +21,8 @@ async def insert(
     url: str | None,
     data: dict[str, Any],
     created_at: datetime,
-) -> tuple[dict[str, Any] | None, bool, int | None]:
-    """Store a notification once, numbered next in its user's inbox: (the row, whether it is new, unread count when new).
+) -> tuple[dict[str, Any] | None, bool]:
+    """Store a notification once, numbered next in its user's inbox: (the row, whether it is new).
 
     One statement, so one round trip: the user's counter is bumped only when no row has the id yet,
     and its row stays locked until the statement commits, so one user's numbers commit in order.
@@ -45,9 +45,7 @@ async def insert(
             ON CONFLICT (id) DO NOTHING
             RETURNING {_COLUMNS}
         )
-        SELECT stored.*,
-               (SELECT count(*) FROM inapp.notifications n WHERE n.user_id = $2 AND n.read_at IS NULL AND n.deleted_at IS NULL) + 1 AS unread
-          FROM stored
+        SELECT * FROM stored
         """,
         id,
         user_id,
@@ -59,12 +57,10 @@ async def insert(
         data,
         created_at,
     )
-    if row is not None:  # the count ran on the snapshot before this row: + 1 (it is unread)
-        stored = dict(row)
-        unread = stored.pop("unread")
-        return stored, True, unread
+    if row is not None:
+        return dict(row), True
     existing = await conn.fetchrow(f"SELECT {_COLUMNS} FROM inapp.notifications WHERE id = $1 AND deleted_at IS NULL", id)
-    return (dict(existing) if existing else None), False, None
+    return (dict(existing) if existing else None), False
 
 
 async def page(

@@ -47,11 +47,17 @@ class Broadcasts:
         event = item.event
         assert event is not None
         record = item.record
+        generation = header(record, REPLAY_HEADER) or ""
         async with res.pool.acquire() as conn:
+            if await repo.broadcast_exists(
+                conn=conn, namespace=self.settings.kafka_topic_namespace, event_source=event.source, event_id=event.id,
+                template=notification.template, generation=generation,
+            ):
+                return  # a redelivery: its walk is under way or done
             bounds = await repo.shard_bounds(conn=conn, shards=self.settings.broadcast_shards)
             created = await repo.create_broadcast(
                 conn=conn, namespace=self.settings.kafka_topic_namespace, event_source=event.source, event_id=event.id,
-                template=notification.template, generation=header(record, REPLAY_HEADER) or "", event=record.value or b"", origin=f"{record.topic}/{record.partition}@{record.offset}", bounds=bounds,
+                template=notification.template, generation=generation, event=record.value or b"", origin=f"{record.topic}/{record.partition}@{record.offset}", bounds=bounds,
             )
         if created:
             log.info("broadcast %s %s in %d shards", event.type, notification.template, len(bounds), extra=item.about)
@@ -60,7 +66,7 @@ class Broadcasts:
     # ------------------------------------------------------------------ walking
 
     def run(self, res: Resources) -> None:
-        self.tasks = [asyncio.create_task(self._walker(res), name=f"broadcast-walker-{n}") for n in range(self.settings.broadcast_walkers)]
+        self.tasks = [asyncio.create_task(self._walker(res, f"{self.owner}-{n}"), name=f"broadcast-walker-{n}") for n in range(self.settings.broadcast_walkers)]
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -69,30 +75,35 @@ class Broadcasts:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _walker(self, res: Resources) -> None:
+    async def _walker(self, res: Resources, owner: str) -> None:
+        """One walker; ``owner`` is its own, so two walkers of one instance never hold one shard together."""
         while True:
             try:
+                self.wakeup.clear()  # before looking: a broadcast written meanwhile wakes this walker again
                 async with res.pool.acquire() as conn:
                     shard = await repo.claim_shard(
-                        conn=conn, namespace=self.settings.kafka_topic_namespace, owner=self.owner, lease_seconds=self.settings.broadcast_lease_seconds
+                        conn=conn, namespace=self.settings.kafka_topic_namespace, owner=owner, lease_seconds=self.settings.broadcast_lease_seconds
                     )
                 if shard is None:
-                    self.wakeup.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.wakeup.wait(), self.settings.broadcast_poll_seconds)
                     continue
-                await self.walk(shard, res)
+                await self.walk(shard, res, owner)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # PostgreSQL or Kafka away: the shard was given back (or its lease runs out)
+            except Exception:  # PostgreSQL or Kafka away: the shard stays leased until its lease runs out, then is tried again
                 log.exception("walking a broadcast failed; trying again")
                 await asyncio.sleep(self.settings.broadcast_poll_seconds)
 
-    async def walk(self, shard: dict[str, Any], res: Resources) -> None:
-        """Route a shard page by page from its cursor; give it back if stopped or failing in the middle."""
-        item, notification = self.item_of(shard)
+    async def walk(self, shard: dict[str, Any], res: Resources, owner: str) -> None:
+        """Route a shard page by page from its cursor; give it back if stopped in the middle.
+
+        A shard that fails keeps its lease until it runs out, so other broadcasts go on meanwhile
+        rather than every walker taking the failing one again.
+        """
         after, finished = shard["after_user"], False
         try:
+            item, notification = self.item_of(shard)
             while not finished:
                 page: list[str] = []
                 if notification is not None:
@@ -109,16 +120,16 @@ class Broadcasts:
                 finished = len(page) < self.settings.broadcast_page
                 async with res.pool.acquire() as conn:
                     kept = await repo.advance_shard(
-                        conn=conn, shard=shard["id"], owner=self.owner, after=after, routed=len(page), finished=finished,
+                        conn=conn, shard=shard["id"], owner=owner, after=after, routed=len(page), finished=finished,
                         lease_seconds=self.settings.broadcast_lease_seconds,
                     )
                 if not kept:
                     log.warning("broadcast %s shard %d: lease lost at user %s; another walker goes on", shard["event_id"], shard["shard"], after)
                     return
-        except BaseException:  # stopped, or PostgreSQL/Kafka away: give it back now rather than when the lease runs out
+        except asyncio.CancelledError:  # stopped (a drain): give it back now rather than when the lease runs out
             with contextlib.suppress(Exception):
                 async with res.pool.acquire() as conn:
-                    await repo.release_shard(conn=conn, shard=shard["id"], owner=self.owner)
+                    await repo.release_shard(conn=conn, shard=shard["id"], owner=owner)
             raise
         log.info("broadcast %s %s shard %d/%d done", shard["event_id"], shard["template"], shard["shard"] + 1, shard["shards"], extra=item.about)
 

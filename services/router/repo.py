@@ -264,6 +264,19 @@ async def shard_bounds(*, conn: Any, shards: int) -> list[tuple[str | None, str 
     return bounds
 
 
+async def broadcast_exists(*, conn: Any, namespace: str, event_source: str, event_id: str, template: str, generation: str) -> bool:
+    """Whether a broadcast's shards are written already (its event redelivered)."""
+    return bool(
+        await conn.fetchval(
+            """
+            SELECT true FROM router.broadcasts
+             WHERE namespace = $1 AND event_source = $2 AND event_id = $3 AND template = $4 AND generation = $5 LIMIT 1
+            """,
+            namespace, event_source, event_id, template, generation,
+        )
+    )
+
+
 async def create_broadcast(
     *,
     conn: Any,
@@ -278,14 +291,9 @@ async def create_broadcast(
 ) -> bool:
     """Write a broadcast's shards; False when the broadcast exists already (a redelivered event)."""
     async with conn.transaction():
-        exists = await conn.fetchval(
-            """
-            SELECT true FROM router.broadcasts
-             WHERE namespace = $1 AND event_source = $2 AND event_id = $3 AND template = $4 AND generation = $5 LIMIT 1
-            """,
-            namespace, event_source, event_id, template, generation,
-        )
-        if exists:
+        # Two routers writing one broadcast at once (a rebalance) take turns, so its shards come from one of them.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1 || '/' || $2 || '/' || $3 || '/' || $4 || '/' || $5))", namespace, event_source, event_id, template, generation)
+        if await broadcast_exists(conn=conn, namespace=namespace, event_source=event_source, event_id=event_id, template=template, generation=generation):
             return False
         await conn.executemany(
             """

@@ -49,7 +49,7 @@ def seed(pool) -> Seed:
 
     async def store(user_id: str, *, category: str = "system_updates", title: str = "Hello", type: str = "system.update") -> dict[str, Any]:
         async with pool.acquire() as conn:
-            row, _, _ = await repo.insert(
+            row, _ = await repo.insert(
                 conn=conn, id=uuid.uuid4(), user_id=user_id, category=category, type=type, title=title,
                 body=f"{title} body", url="https://app.example/x", data={"k": 1}, created_at=datetime.now(UTC),
             )
