@@ -144,7 +144,7 @@ class BatchRouter:
             if not logic.printable(item.data["user_id"]):
                 raise InvalidMessage("invalid_data", "data.user_id: a user id may not contain control characters")
             outcome = await recipients_of(res).apply_event(item.event.type, item.data["user_id"], fields, time=item.event.time)
-            log.info("directory %s for user %s by %s", outcome, item.data["user_id"], item.event.type, extra=item.about)
+            log.debug("directory %s for user %s by %s", outcome, item.data["user_id"], item.event.type, extra=item.about)
         except InvalidMessage as exc:
             item.failed = exc
 

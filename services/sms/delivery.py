@@ -134,7 +134,7 @@ class SmsDelivery:
         labels = (dispatch.event_type, dispatch.category.value, number.country)
         res.metrics.sms_segments.labels(*labels).inc(count)
         res.metrics.sms_spend.labels(*labels).inc(cost)
-        log.info("SMS %s to %s: %d %s segment(s), ~$%.4f", accepted.sid, mask_phone(number.e164), count, segments.encoding, cost)
+        log.debug("SMS %s to %s: %d %s segment(s), ~$%.4f", accepted.sid, mask_phone(number.e164), count, segments.encoding, cost)
         return accepted.sid
 
     async def send_now(self, dispatch: Dispatch, res: Resources) -> DeliveryStatus:
