@@ -46,9 +46,22 @@ def _repeats(name: str, value: str) -> bool:
     return name.lower() in _REPEATING and "boundary=" not in value
 
 
+class _FoldedOnce:
+    """A kept header folds once per policy: its value never changes, and folding (walking its
+    parse tree) is most of the cost of turning a message into bytes."""
+
+    def fold(self, *, policy: EmailPolicy) -> str:
+        key = (policy.linesep, policy.max_line_length, policy.utf8, policy.refold_source)
+        folds: dict[tuple[Any, ...], str] = self.__dict__.setdefault("_herald_folds", {})
+        found = folds.get(key)
+        if found is None:
+            found = folds[key] = super().fold(policy=policy)  # type: ignore[misc]
+        return found
+
+
 class _CachedHeaderRegistry(HeaderRegistry):
     """The standard header registry, remembering the class it builds per header name and the
-    parsed header of every repeating value.
+    parsed (and folded) header of every repeating value.
 
     The stock registry creates a new class for every header it parses, and parsing is most of
     the cost of building a message; the CR/LF check happens before the registry is asked.
@@ -57,6 +70,7 @@ class _CachedHeaderRegistry(HeaderRegistry):
     def __init__(self) -> None:
         super().__init__()
         self._classes: dict[str, type[BaseHeader]] = {}
+        self._kept_classes: dict[str, type[BaseHeader]] = {}
         self._parsed: dict[tuple[str, str], BaseHeader] = {}
 
     def __getitem__(self, name: str) -> type[BaseHeader]:
@@ -72,9 +86,13 @@ class _CachedHeaderRegistry(HeaderRegistry):
         key = (name.lower(), value)
         found = self._parsed.get(key)
         if found is None:
-            found = self[name](name, value)
-            if len(self._parsed) < _KEPT_AT_MOST:
-                self._parsed[key] = found
+            if len(self._parsed) >= _KEPT_AT_MOST:
+                return self[name](name, value)
+            kept = self._kept_classes.get(key[0])
+            if kept is None:
+                base = self[name]
+                kept = self._kept_classes[key[0]] = type(f"_Kept{base.__name__}", (_FoldedOnce, base), {})
+            found = self._parsed[key] = kept(name, value)
         return found
 
 

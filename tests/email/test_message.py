@@ -92,3 +92,30 @@ def test_line_breaks_cannot_reach_the_resend_payload_either():
     body = payload(compose(evil, to="ada@example.com", sender="n@herald.example", sender_name="Herald\r\nBcc: evil@example.com", notification_id=NID))
     assert body["subject"] == "Hi Bcc: evil@example.com" and "\n" not in body["from"] and "\r" not in body["from"]
     assert all("\n" not in value and "\r" not in value for value in body["headers"].values())
+
+
+@pytest.mark.parametrize("sender_name", ["Herald", "Hérald — the notification platform of a company with a very long name indeed, Zürich"])
+def test_kept_headers_turn_into_the_same_bytes_as_the_standard_librarys_under_every_policy(monkeypatch, sender_name):
+    import email.generator
+    import io
+    from datetime import UTC, datetime
+
+    from services.email import compose as composing
+
+    def message(email_):
+        built = email_.message(now=datetime(2026, 12, 4, 12, 0, tzinfo=UTC))
+        built.set_boundary("=_herald_fixed")
+        return built
+
+    def flat(message_, policy):
+        out = io.BytesIO()
+        email.generator.BytesGenerator(out, policy=policy).flatten(message_)
+        return out.getvalue()
+
+    made = compose(RENDERED, to="ada@example.com", sender="n@herald.example", sender_name=sender_name, notification_id=NID,
+                   reply_to="help@herald.example", unsubscribe_url="https://herald.example/u?token=abc")
+    kept = [message(made) for _ in range(2)]  # the second reuses the first's parsed and folded headers
+    monkeypatch.setattr(composing, "POLICY", email.policy.default)
+    stock = message(made)
+    for policy in (email.policy.SMTP, email.policy.SMTPUTF8, email.policy.default, email.policy.SMTP.clone(max_line_length=40)):
+        assert flat(kept[0], policy) == flat(kept[1], policy) == flat(stock, policy)
