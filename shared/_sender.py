@@ -115,6 +115,25 @@ class Ledger:
             self.lease,
         )
 
+    async def claim_many(self, *, conn: Any, dispatches: Sequence[Dispatch]) -> dict[uuid.UUID, int]:
+        """``claim`` for several notifications (distinct ids) in one statement: the attempt number of each one claimed."""
+        rows = await conn.fetch(
+            f"""
+            INSERT INTO {self.table} AS l (notification_id, target, event_id, event_type, user_id, status, attempts, claimed_at)
+            SELECT n, '', e, t, u, 'claimed', 1, now() FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) AS d(n, e, t, u)
+            ON CONFLICT (notification_id, target) DO UPDATE
+               SET status = 'claimed', attempts = l.attempts + 1, claimed_at = now(), updated_at = now()
+             WHERE l.status IN ('retrying', 'dead_lettered') OR (l.status = 'claimed' AND l.claimed_at < now() - $5::interval)
+            RETURNING notification_id, attempts
+            """,
+            [d.notification_id for d in dispatches],
+            [d.event_id for d in dispatches],
+            [d.event_type for d in dispatches],
+            [d.recipient.user_id for d in dispatches],
+            self.lease,
+        )
+        return {row["notification_id"]: row["attempts"] for row in rows}
+
     async def row(self, *, conn: Any, notification_id: Any, target: str = "") -> LedgerRow | None:
         """What the ledger holds about a delivery."""
         found = await conn.fetchrow(
@@ -172,6 +191,78 @@ class Ledger:
 
 class Outage(Exception):
     """A dependency (PostgreSQL, Redis, Kafka) is unreachable: the batch is handed back and tried again after a pause."""
+
+
+#: What ``BatchClaims.take`` answers for a copy it did not claim (a later copy in the batch, or one in
+#: flight here already), and for one whose chunk the ledger refused as a whole (each is claimed alone).
+_NOT_CLAIMED: Any = object()
+_CLAIM_ALONE: Any = object()
+
+
+class BatchClaims:
+    """A batch's ledger claims, a chunk of ``size`` dispatches in one statement.
+
+    A chunk is claimed when its first record gets a delivery slot, so a claim is made at most
+    about one chunk's worth of sends before its own (a chunk is the pipeline's concurrency): a
+    lease never runs out while its record waits for a slot. Only a notification's first copy in
+    the batch is claimed here, and only when no copy of it is in flight in this process; the
+    others take the one-by-one path, which waits for the copy in flight and repeats its outcome.
+    """
+
+    def __init__(self, pipeline: SenderPipeline, res: Resources, dispatches: Sequence[Dispatch], *, size: int) -> None:
+        self.pipeline = pipeline
+        self.res = res
+        firsts: dict[uuid.UUID, Dispatch] = {}
+        for dispatch in dispatches:
+            firsts.setdefault(dispatch.notification_id, dispatch)
+        self._first = firsts
+        order = list(firsts.values())
+        self._chunks = [order[i : i + size] for i in range(0, len(order), size)]
+        self._chunk_of = {d.notification_id: i // size for i, d in enumerate(order)}
+        self._claiming: dict[int, asyncio.Task[dict[uuid.UUID, Any]]] = {}
+        self._running: set[uuid.UUID] = set()  # first copies in flight here (entered in the pipeline's map)
+
+    def running(self, dispatch: Dispatch) -> None:
+        """``dispatch`` has entered the pipeline's in-flight map: if it is a first copy, its chunk still claims it."""
+        if self._first.get(dispatch.notification_id) is dispatch:
+            self._running.add(dispatch.notification_id)
+
+    async def take(self, dispatch: Dispatch) -> Any:
+        """The claim of ``dispatch``: its attempt number, None (not ours to send), ``_CLAIM_ALONE`` or ``_NOT_CLAIMED``. Raises for an outage."""
+        nid = dispatch.notification_id
+        if self._first.get(nid) is not dispatch:
+            return _NOT_CLAIMED
+        index = self._chunk_of[nid]
+        task = self._claiming.get(index)
+        if task is None:
+            task = self._claiming[index] = asyncio.ensure_future(self._claim(self._chunks[index]))
+        claimed = await asyncio.shield(task)
+        return claimed.get(nid, _NOT_CLAIMED)
+
+    async def _claim(self, chunk: list[Dispatch]) -> dict[uuid.UUID, Any]:
+        mine = [d for d in chunk if d.notification_id in self._running or d.notification_id not in self.pipeline._running]
+        if not mine:
+            return {}
+        try:
+            async with self.res.pool.acquire() as conn:
+                attempts = await self.pipeline.ledger.claim_many(conn=conn, dispatches=mine)
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            # The ledger refused the chunk (a text it cannot store, say): each is claimed on its own, so
+            # only the one it cannot take is dead-lettered.
+            log.warning("claiming %d dispatches at once failed (%s): each is claimed alone", len(mine), describe(exc))
+            return {d.notification_id: _CLAIM_ALONE for d in mine}
+        return {d.notification_id: attempts.get(d.notification_id) for d in mine}
+
+    def close(self) -> None:
+        """Stop claiming (the batch is over or cancelled). A claim no record took stays in the ledger until
+        its lease runs out, as after a crash: the batch was not committed, and its next delivery waits."""
+        for task in self._claiming.values():
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()  # retrieved: an outage was raised to its records already
 
 
 class SenderPipeline:
@@ -353,16 +444,21 @@ class SenderPipeline:
     async def handle_batch(self, records: list[ConsumerRecord], res: Resources, *, lane: str) -> None:
         """Finish every record of a batch (sent, suppressed, failed, expired, retry scheduled or dead-lettered).
 
-        Each record is on its own: one raising affects no other. When a dependency is down, the
-        records that could finish are published, then the batch is handed back (not committed)
-        after a pause that grows while the outage lasts, and readiness reports it.
+        Each record is on its own: one raising affects no other. The batch's claims go to the
+        ledger a chunk at a time (``BatchClaims``). When a dependency is down, the records that
+        could finish are published, then the batch is handed back (not committed) after a pause
+        that grows while the outage lasts, and readiness reports it.
         """
         limit = asyncio.Semaphore(self.settings.concurrency)
+        parsed = [self.parse(record, res) for record in records]
+        claims = BatchClaims(self, res, [d for d in parsed if isinstance(d, Dispatch)], size=self.settings.concurrency)
 
-        async def one(record: ConsumerRecord) -> list[Outgoing]:
+        async def one(record: ConsumerRecord, item: Dispatch | list[Outgoing]) -> list[Outgoing]:
+            if not isinstance(item, Dispatch):
+                return item
             async with limit:
                 try:
-                    return await self.handle_record(record, res, lane=lane)
+                    return await self.handle_dispatch(item, res, lane=lane, record=record, claims=claims)
                 except Exception as exc:
                     if is_outage(exc):
                         raise
@@ -371,7 +467,10 @@ class SenderPipeline:
                     res.metrics.dead_lettered.labels(self.channel.value, "unexpected_error").inc()
                     return [dead_letter(self.settings, record, stage=self.channel.value, reason="unexpected_error", error=describe(exc))]
 
-        results = await asyncio.gather(*(one(r) for r in records), return_exceptions=True)
+        try:
+            results = await asyncio.gather(*(one(r, item) for r, item in zip(records, parsed, strict=True)), return_exceptions=True)
+        finally:
+            claims.close()
         outgoing = [m for result in results if isinstance(result, list) for m in result]
         outages = [r for r in results if isinstance(r, BaseException)]
         if outgoing:
@@ -387,46 +486,61 @@ class SenderPipeline:
             raise Outage(str(outages[0])) from outages[0]
         self._outages.ok(res)
 
-    async def handle_record(self, record: ConsumerRecord, res: Resources, *, lane: str) -> list[Outgoing]:
-        """Process one record; return the messages to publish about it. Raises only for an outage."""
+    def parse(self, record: ConsumerRecord, res: Resources) -> Dispatch | list[Outgoing]:
+        """The dispatch a record holds, or the dead letter of one that holds none."""
         try:
-            dispatch = Dispatch.model_validate_json(record.value or b"")
+            return Dispatch.model_validate_json(record.value or b"")
         except ValidationError as exc:
             res.metrics.dead_lettered.labels(self.channel.value, "invalid_dispatch").inc()
             log.warning("invalid dispatch at %s/%s@%s: %s", record.topic, record.partition, record.offset, exc.errors(include_input=False, include_url=False)[:3])
             return [dead_letter(self.settings, record, stage=self.channel.value, reason="invalid_dispatch", error=str(exc))]
+
+    async def handle_dispatch(
+        self, dispatch: Dispatch, res: Resources, *, lane: str, record: ConsumerRecord | None = None, claims: BatchClaims | None = None
+    ) -> list[Outgoing]:
         event_id_var.set(dispatch.event_id)
         notification_id_var.set(str(dispatch.notification_id))
         fresh = dispatch.attempt == 1 and dispatch.not_before is None and dispatch.retry_from is None  # not a retry, delay or replay
         if fresh and dispatch.created_at.tzinfo is not None:
             res.metrics.hops.labels("queue", self.channel.value).observe(max((self.clock() - dispatch.created_at).total_seconds(), 0.0))
-        return await self.process(dispatch, res, lane=lane, record=record)
+        return await self.process(dispatch, res, lane=lane, record=record, claims=claims)
 
-    async def process(self, dispatch: Dispatch, res: Resources, *, lane: str, record: ConsumerRecord | None = None) -> list[Outgoing]:
+    async def process(
+        self, dispatch: Dispatch, res: Resources, *, lane: str, record: ConsumerRecord | None = None, claims: BatchClaims | None = None
+    ) -> list[Outgoing]:
         """Claim, deliver and record one dispatch; a copy of one in flight here waits for its outcome."""
         nid = dispatch.notification_id
-        first = self._running.get(nid)
-        if first is not None:
-            await asyncio.shield(first)
-            return await self._replay(dispatch, res)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._running[nid] = done  # before any await: a second copy in this process now waits
         picked = time.perf_counter()
+        first = self._running.get(nid)
+        done: asyncio.Future[None] | None = None
+        if first is None:
+            done = asyncio.get_running_loop().create_future()
+            self._running[nid] = done  # before any await: a second copy in this process now waits
+            if claims is not None:
+                claims.running(dispatch)
         try:
-            try:
-                async with res.pool.acquire() as conn:
-                    attempts = await self.ledger.claim(conn=conn, dispatch=dispatch)
-            except Exception as exc:
-                if is_outage(exc):
-                    raise
-                # The ledger refuses the dispatch itself (text PostgreSQL cannot store): it can never be claimed.
-                return self._dead_letter_unclaimable(dispatch, res, exc)
-            if attempts is None:
+            claimed = await claims.take(dispatch) if claims is not None else _NOT_CLAIMED
+            answered = claimed is not _NOT_CLAIMED and claimed is not _CLAIM_ALONE  # the batch's claim: an attempt number or None
+            if first is not None and (not answered or claimed is None):
+                await asyncio.shield(first)
+                return await self._replay(dispatch, res)
+            # With ``first`` and a claim of the batch's: a copy that came in after the claim finds it claimed and looks again later.
+            if not answered:
+                try:
+                    async with res.pool.acquire() as conn:
+                        claimed = await self.ledger.claim(conn=conn, dispatch=dispatch)
+                except Exception as exc:
+                    if is_outage(exc):
+                        raise
+                    # The ledger refuses the dispatch itself (text PostgreSQL cannot store): it can never be claimed.
+                    return self._dead_letter_unclaimable(dispatch, res, exc)
+            if claimed is None:
                 return await self._not_ours(dispatch, res)
             return await self._deliver(dispatch, res, picked=picked)
         finally:
-            del self._running[nid]
-            done.set_result(None)
+            if done is not None:
+                del self._running[nid]
+                done.set_result(None)
 
     def _dead_letter_unclaimable(self, dispatch: Dispatch, res: Resources, exc: Exception) -> list[Outgoing]:
         error = describe(exc)
@@ -500,7 +614,7 @@ class SenderPipeline:
         if dispatch.event_time is not None:
             lane_label = "critical" if dispatch.critical else "normal"
             res.metrics.end_to_end.labels(self.channel.value, lane_label).observe(max((self.clock() - dispatch.event_time).total_seconds(), 0.0))
-        log.info("sent %s %s to user %s", self.channel.value, dispatch.event_type, dispatch.recipient.user_id)
+        log.debug("sent %s %s to user %s", self.channel.value, dispatch.event_type, dispatch.recipient.user_id)
         # The provider has it: from here on, only recording it is left, whatever the database does.
         accepted = time.perf_counter()
         out = await self._record(dispatch, res, DeliveryState.sent, provider_message_id=provider_id, patient=True)

@@ -1,6 +1,7 @@
 """The shared delivery pipeline against real Kafka and PostgreSQL, with a scripted provider."""
 
 import asyncio
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -110,6 +111,74 @@ async def test_a_dispatch_consumed_twice_is_delivered_once(infra, sender, db, le
     assert sorted((s["status"], s["replayed"]) for s in found) == [("sent", False), ("sent", True)]  # the second copy repeats the outcome
     row = await db.fetchrow(f"SELECT status, attempts, provider_message_id FROM {ledger_schema}.ledger WHERE notification_id = $1", d.notification_id)
     assert (row["status"], row["attempts"], row["provider_message_id"]) == ("sent", 1, "msg-1")
+
+
+async def test_a_delivery_logs_nothing_of_its_own_at_info_and_one_line_at_debug(infra, sender, caplog):
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="shared._sender")
+    settings, app = await sender(ScriptedProvider())
+    logging.getLogger().addHandler(caplog.handler)  # the service took over the root logger's handlers
+    sent = [dispatch(recipient=Recipient(user_id=f"u-quiet-{i}")) for i in range(3)]
+    try:
+        async with app:
+            for d in sent:
+                await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=d.recipient.user_id.encode())
+            await statuses(infra, settings, 3)
+    finally:
+        logging.getLogger().removeHandler(caplog.handler)
+    about = [r for r in caplog.records if "u-quiet-" in r.getMessage() or any(str(d.notification_id) in r.getMessage() for d in sent)]
+    assert [r for r in about if r.levelno >= logging.INFO] == []  # no per-notification work at the default level
+    assert sorted(r.getMessage() for r in about if r.levelno == logging.DEBUG) == [f"sent inapp booking.created to user u-quiet-{i}" for i in range(3)]
+
+
+class CountingLedger(Ledger):
+    """The real ledger, counting its claims: how many went together, how many alone; refuses the first ``refuse`` batches."""
+
+    def __init__(self, schema: str, *, refuse: int = 0) -> None:
+        super().__init__(schema)
+        self.batches: list[int] = []
+        self.alone = 0
+        self.refuse = refuse
+
+    async def claim_many(self, *, conn, dispatches):
+        self.batches.append(len(dispatches))
+        if self.refuse:
+            self.refuse -= 1
+            raise ValueError("a text the ledger cannot store")
+        return await super().claim_many(conn=conn, dispatches=dispatches)
+
+    async def claim(self, *, conn, dispatch, target=""):
+        self.alone += 1
+        return await super().claim(conn=conn, dispatch=dispatch, target=target)
+
+
+async def test_a_batch_is_claimed_a_chunk_at_a_time_and_a_second_copy_in_it_repeats_the_first_ones_outcome(infra, sender, db, ledger_schema):
+    provider = ScriptedProvider()
+    ledger = CountingLedger(ledger_schema)
+    settings, app = await sender(provider, ledger=ledger, settings_overrides={"concurrency": 4})
+    sent = [dispatch(recipient=Recipient(user_id=f"u{i}")) for i in range(10)]
+    for d in [*sent[:3], sent[2], *sent[3:]]:  # written before the sender starts: they come in one batch or few
+        await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=b"u")
+    async with app:
+        found = await statuses(infra, settings, 11)
+    assert sorted(provider.calls) == sorted(d.notification_id for d in sent)
+    assert sorted((s["status"], s["replayed"]) for s in found) == [("sent", False)] * 10 + [("sent", True)]
+    assert sum(ledger.batches) == 10 and max(ledger.batches) <= 4 and ledger.alone <= 1  # the copy may claim alone, nothing else
+    attempts = await db.fetch(f"SELECT attempts FROM {ledger_schema}.ledger WHERE notification_id = ANY($1::uuid[])", [d.notification_id for d in sent])
+    assert [r["attempts"] for r in attempts] == [1] * 10
+
+
+async def test_a_chunk_the_ledger_refuses_as_a_whole_is_claimed_one_by_one(infra, sender, db, ledger_schema):
+    provider = ScriptedProvider()
+    ledger = CountingLedger(ledger_schema, refuse=1)
+    settings, app = await sender(provider, ledger=ledger, settings_overrides={"concurrency": 4})
+    sent = [dispatch(recipient=Recipient(user_id=f"u{i}")) for i in range(4)]
+    for d in sent:
+        await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=b"u")
+    async with app:
+        found = await statuses(infra, settings, 4)
+    assert sorted(provider.calls) == sorted(d.notification_id for d in sent) and [s["status"] for s in found] == ["sent"] * 4
+    assert ledger.batches[0] >= 1 and ledger.alone >= ledger.batches[0]  # the refused chunk's dispatches, each alone
 
 
 async def test_each_hop_of_a_delivery_is_timed_and_a_retry_or_replay_is_not_counted_as_queueing(infra, sender, db, ledger_schema):
@@ -414,6 +483,12 @@ class FlakyLedger(Ledger):
             self.claim_failures -= 1
             raise ConnectionResetError("connection to PostgreSQL lost")
         return await super().claim(**kwargs)
+
+    async def claim_many(self, **kwargs):
+        if self.claim_failures:
+            self.claim_failures -= 1
+            raise ConnectionResetError("connection to PostgreSQL lost")
+        return await super().claim_many(**kwargs)
 
     async def finish(self, **kwargs):
         if self.finish_failures:
