@@ -115,8 +115,12 @@ class Ledger:
             self.lease,
         )
 
-    async def claim_many(self, *, conn: Any, dispatches: Sequence[Dispatch]) -> dict[uuid.UUID, int]:
-        """``claim`` for several notifications (distinct ids) in one statement: the attempt number of each one claimed."""
+    async def claim_many(self, *, conn: Any, dispatches: Sequence[Dispatch]) -> dict[uuid.UUID, tuple[int, datetime]]:
+        """``claim`` for several notifications (distinct ids) in one statement: the attempt number and claim time of each one claimed.
+
+        Rows are taken in id order, so two such statements over the same ids (two lanes, two instances) wait for each other rather than deadlock.
+        """
+        ordered = sorted(dispatches, key=lambda d: d.notification_id)
         rows = await conn.fetch(
             f"""
             INSERT INTO {self.table} AS l (notification_id, target, event_id, event_type, user_id, status, attempts, claimed_at)
@@ -124,15 +128,38 @@ class Ledger:
             ON CONFLICT (notification_id, target) DO UPDATE
                SET status = 'claimed', attempts = l.attempts + 1, claimed_at = now(), updated_at = now()
              WHERE l.status IN ('retrying', 'dead_lettered') OR (l.status = 'claimed' AND l.claimed_at < now() - $5::interval)
-            RETURNING notification_id, attempts
+            RETURNING notification_id, attempts, claimed_at
             """,
-            [d.notification_id for d in dispatches],
-            [d.event_id for d in dispatches],
-            [d.event_type for d in dispatches],
-            [d.recipient.user_id for d in dispatches],
+            [d.notification_id for d in ordered],
+            [d.event_id for d in ordered],
+            [d.event_type for d in ordered],
+            [d.recipient.user_id for d in ordered],
             self.lease,
         )
-        return {row["notification_id"]: row["attempts"] for row in rows}
+        return {row["notification_id"]: (row["attempts"], row["claimed_at"]) for row in rows}
+
+    async def renew(self, *, conn: Any, notification_id: Any, claimed_at: datetime) -> bool:
+        """Start the lease of a claim made at ``claimed_at`` again; False when it is no longer that claim (taken over after its lease)."""
+        return bool(
+            await conn.fetchval(
+                f"UPDATE {self.table} SET claimed_at = now(), updated_at = now() "
+                "WHERE notification_id = $1 AND target = '' AND status = 'claimed' AND claimed_at = $2 RETURNING true",
+                notification_id,
+                claimed_at,
+            )
+        )
+
+    async def release_many(self, *, conn: Any, claims: Sequence[tuple[uuid.UUID, datetime]]) -> None:
+        """``release`` for claims (id, claim time) no attempt was made under, each only if it is still that claim."""
+        await conn.execute(
+            f"""
+            UPDATE {self.table} AS l SET status = 'retrying', attempts = GREATEST(l.attempts - 1, 0), updated_at = now()
+              FROM unnest($1::uuid[], $2::timestamptz[]) AS c(n, at)
+             WHERE l.notification_id = c.n AND l.target = '' AND l.status = 'claimed' AND l.claimed_at = c.at
+            """,
+            [nid for nid, _ in claims],
+            [at for _, at in claims],
+        )
 
     async def row(self, *, conn: Any, notification_id: Any, target: str = "") -> LedgerRow | None:
         """What the ledger holds about a delivery."""
@@ -199,14 +226,26 @@ _NOT_CLAIMED: Any = object()
 _CLAIM_ALONE: Any = object()
 
 
+@dataclass(frozen=True)
+class BatchClaim:
+    """A claim made for a record by its batch: the attempt number, the ledger's claim time, and when (monotonic) it was made."""
+
+    attempts: int
+    claimed_at: datetime
+    made: float
+
+
 class BatchClaims:
     """A batch's ledger claims, a chunk of ``size`` dispatches in one statement.
 
-    A chunk is claimed when its first record gets a delivery slot, so a claim is made at most
-    about one chunk's worth of sends before its own (a chunk is the pipeline's concurrency): a
-    lease never runs out while its record waits for a slot. Only a notification's first copy in
-    the batch is claimed here, and only when no copy of it is in flight in this process; the
-    others take the one-by-one path, which waits for the copy in flight and repeats its outcome.
+    A chunk is claimed when its first record gets a delivery slot, so a record's claim is usually
+    made about one chunk's worth of sends before its own send (a chunk is the pipeline's
+    concurrency). Should a record wait longer for its slot (slow sends, a database outage holding
+    slots in patient writes), its claim is renewed before the provider call once half the lease is
+    gone, and given up if the lease ran out and another delivery took it over. Only a
+    notification's first copy in the batch is claimed here, and only when no copy of it is in
+    flight in this process; the others take the one-by-one path, which waits for the copy in
+    flight and repeats its outcome. Claims no record took (the batch was cancelled) are given back.
     """
 
     def __init__(self, pipeline: SenderPipeline, res: Resources, dispatches: Sequence[Dispatch], *, size: int) -> None:
@@ -221,6 +260,7 @@ class BatchClaims:
         self._chunk_of = {d.notification_id: i // size for i, d in enumerate(order)}
         self._claiming: dict[int, asyncio.Task[dict[uuid.UUID, Any]]] = {}
         self._running: set[uuid.UUID] = set()  # first copies in flight here (entered in the pipeline's map)
+        self._taken: set[uuid.UUID] = set()
 
     def running(self, dispatch: Dispatch) -> None:
         """``dispatch`` has entered the pipeline's in-flight map: if it is a first copy, its chunk still claims it."""
@@ -228,7 +268,7 @@ class BatchClaims:
             self._running.add(dispatch.notification_id)
 
     async def take(self, dispatch: Dispatch) -> Any:
-        """The claim of ``dispatch``: its attempt number, None (not ours to send), ``_CLAIM_ALONE`` or ``_NOT_CLAIMED``. Raises for an outage."""
+        """The claim of ``dispatch``: a ``BatchClaim``, None (not ours to send), ``_CLAIM_ALONE`` or ``_NOT_CLAIMED``. Raises for an outage."""
         nid = dispatch.notification_id
         if self._first.get(nid) is not dispatch:
             return _NOT_CLAIMED
@@ -237,7 +277,10 @@ class BatchClaims:
         if task is None:
             task = self._claiming[index] = asyncio.ensure_future(self._claim(self._chunks[index]))
         claimed = await asyncio.shield(task)
-        return claimed.get(nid, _NOT_CLAIMED)
+        found = claimed.get(nid, _NOT_CLAIMED)
+        if isinstance(found, BatchClaim):
+            self._taken.add(nid)
+        return found
 
     async def _claim(self, chunk: list[Dispatch]) -> dict[uuid.UUID, Any]:
         mine = [d for d in chunk if d.notification_id in self._running or d.notification_id not in self.pipeline._running]
@@ -245,7 +288,7 @@ class BatchClaims:
             return {}
         try:
             async with self.res.pool.acquire() as conn:
-                attempts = await self.pipeline.ledger.claim_many(conn=conn, dispatches=mine)
+                claimed = await self.pipeline.ledger.claim_many(conn=conn, dispatches=mine)
         except Exception as exc:
             if is_outage(exc):
                 raise
@@ -253,16 +296,26 @@ class BatchClaims:
             # only the one it cannot take is dead-lettered.
             log.warning("claiming %d dispatches at once failed (%s): each is claimed alone", len(mine), describe(exc))
             return {d.notification_id: _CLAIM_ALONE for d in mine}
-        return {d.notification_id: attempts.get(d.notification_id) for d in mine}
+        made = time.monotonic()
+        return {d.notification_id: BatchClaim(*claimed[d.notification_id], made) if d.notification_id in claimed else None for d in mine}
 
-    def close(self) -> None:
-        """Stop claiming (the batch is over or cancelled). A claim no record took stays in the ledger until
-        its lease runs out, as after a crash: the batch was not committed, and its next delivery waits."""
+    async def close(self) -> None:
+        """Stop claiming (the batch is over or cancelled), and give back every claim no record took."""
+        untaken: list[tuple[uuid.UUID, datetime]] = []
         for task in self._claiming.values():
             if not task.done():
                 task.cancel()
-            elif not task.cancelled():
-                task.exception()  # retrieved: an outage was raised to its records already
+            elif not task.cancelled() and task.exception() is None:
+                untaken += [(nid, c.claimed_at) for nid, c in task.result().items() if isinstance(c, BatchClaim) and nid not in self._taken]
+        if untaken:
+            await asyncio.shield(self._give_back(untaken))
+
+    async def _give_back(self, untaken: list[tuple[uuid.UUID, datetime]]) -> None:
+        try:
+            async with self.res.pool.acquire() as conn:
+                await self.pipeline.ledger.release_many(conn=conn, claims=untaken)
+        except Exception as exc:  # their leases run out instead
+            log.warning("%d unused claims could not be given back (%s): each waits out its lease", len(untaken), describe(exc))
 
 
 class SenderPipeline:
@@ -470,7 +523,7 @@ class SenderPipeline:
         try:
             results = await asyncio.gather(*(one(r, item) for r, item in zip(records, parsed, strict=True)), return_exceptions=True)
         finally:
-            claims.close()
+            await claims.close()
         outgoing = [m for result in results if isinstance(result, list) for m in result]
         outages = [r for r in results if isinstance(r, BaseException)]
         if outgoing:
@@ -520,11 +573,16 @@ class SenderPipeline:
                 claims.running(dispatch)
         try:
             claimed = await claims.take(dispatch) if claims is not None else _NOT_CLAIMED
-            answered = claimed is not _NOT_CLAIMED and claimed is not _CLAIM_ALONE  # the batch's claim: an attempt number or None
+            answered = claimed is None or isinstance(claimed, BatchClaim)  # the batch's answer for this record
             if first is not None and (not answered or claimed is None):
                 await asyncio.shield(first)
                 return await self._replay(dispatch, res)
             # With ``first`` and a claim of the batch's: a copy that came in after the claim finds it claimed and looks again later.
+            if isinstance(claimed, BatchClaim) and time.monotonic() - claimed.made > self.ledger.lease.total_seconds() / 2:
+                # Waited long for a slot: the claim is renewed, or, if its lease ran out and another delivery took it over, not ours.
+                async with res.pool.acquire() as conn:
+                    if not await self.ledger.renew(conn=conn, notification_id=nid, claimed_at=claimed.claimed_at):
+                        claimed = None
             if not answered:
                 try:
                     async with res.pool.acquire() as conn:

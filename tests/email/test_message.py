@@ -119,3 +119,4 @@ def test_kept_headers_turn_into_the_same_bytes_as_the_standard_librarys_under_ev
     stock = message(made)
     for policy in (email.policy.SMTP, email.policy.SMTPUTF8, email.policy.default, email.policy.SMTP.clone(max_line_length=40)):
         assert flat(kept[0], policy) == flat(kept[1], policy) == flat(stock, policy)
+    assert kept[0]["From"] is kept[1]["From"] and len(kept[0]["From"].__dict__["_herald_folds"]) == 4  # folded once per policy, and kept
