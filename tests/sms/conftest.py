@@ -129,8 +129,8 @@ async def statuses_of(infra, settings: Settings, ids: set[uuid.UUID], *, final: 
 class Captured(logging.Handler):
     """Every log record of the process, formatted, for privacy and warning checks."""
 
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
+    def __init__(self, level: int = logging.INFO) -> None:
+        super().__init__(level)
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -141,12 +141,12 @@ class Captured(logging.Handler):
 
 
 @contextlib.contextmanager
-def captured_logs() -> Iterator[Captured]:
-    handler = Captured()
+def captured_logs(level: int = logging.INFO) -> Iterator[Captured]:
+    handler = Captured(level)
     root = logging.getLogger()
     previous = root.level
     root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    root.setLevel(level)
     try:
         yield handler
     finally:
