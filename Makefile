@@ -10,6 +10,7 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksu
 help:
 	@echo "make run     start Kafka (embedded), PostgreSQL, Redis, every service and the sandbox"
 	@echo "make test    the whole test suite against a real broker, PostgreSQL and Redis"
+	@echo "make test-fast   the same without the process-per-service suites and the browser (about 3 minutes)"
 	@echo "make chaos   faults under load (kills, restarts, provider trouble, poison) on its own PostgreSQL, Redis and broker"
 	@echo "make audit   known vulnerabilities in requirements.lock (fails only when the lock changed and a fix exists)"
 	@echo "make schemas regenerate schemas/ from the models"
@@ -38,10 +39,14 @@ run: install
 
 # The pure tests (no broker, database, Redis or process) also run with the clock a year ahead and a
 # year back, so that no test or decision depends on the day it runs; the whole suite runs on real time.
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each with its own broker, database,
+# Redis database and ports (tests/conftest.py); TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 4
+
 test: install system-deps
 	$(BIN)/python -m pytest -q --clock-shift=365
 	$(BIN)/python -m pytest -q --clock-shift=-365
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # Faults under load, each on a fresh load and then all together; fails on a lost notification or an
 # unexplained duplicate. Its own PostgreSQL, Redis, broker and sandbox. CHAOS_ARGS="--only sigkill" picks.
@@ -57,8 +62,9 @@ $(AUDIT)/bin/pip-audit:
 audit: $(AUDIT)/bin/pip-audit
 	$(PYTHON) scripts/audit.py --pip-audit $(AUDIT)/bin/pip-audit
 
+# Everything but the suites that start every service as processes and the browser tests.
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow and not browser"
+	$(BIN)/python -m pytest -q -m "not slow and not browser" -n $(TEST_WORKERS)
 
 schemas: install
 	$(BIN)/herald schemas

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -35,10 +36,30 @@ def wait_port(host: str, port: int, *, timeout: float = 30.0, proc: subprocess.P
     raise InfraError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
 
 
+#: Where ``free_port`` looks: None for whatever port the kernel gives (from its ephemeral range), or
+#: a range of this process's own, handed out in turn. The test suite gives each of its processes
+#: (pytest-xdist workers) a range below the ephemeral one, so that neither another worker nor an
+#: outgoing connection takes a port between the moment it is chosen and the moment it is bound.
+PORT_RANGE: range | None = None
+_turn = random.randrange(1 << 16)  # where in its range a process starts: two test runs at once rarely meet
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    global _turn
+    if PORT_RANGE is None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+    for _ in range(len(PORT_RANGE)):
+        port = PORT_RANGE[_turn % len(PORT_RANGE)]
+        _turn += 1
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise InfraError(f"no free port in {PORT_RANGE}")
 
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:

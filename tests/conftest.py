@@ -23,6 +23,14 @@ os.environ["HERALD_ENVIRONMENT"] = "test"
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / ".artifacts"
 
+# Under pytest-xdist (make test, make test-fast) each worker has its own broker, database, Redis
+# database and ports: its ports come from a range of its own below the kernel's ephemeral ones, so
+# that neither another worker nor an outgoing connection takes one between its choice and its bind.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+_WORKER_INDEX = int(WORKER.removeprefix("gw") or 0)
+assert _WORKER_INDEX < 8, "at most 8 pytest-xdist workers: each takes 1,500 ports of 20000-32000"
+local.PORT_RANGE = range(20000 + 1500 * _WORKER_INDEX, 20000 + 1500 * (_WORKER_INDEX + 1))
+
 #: Fixtures that connect to the session's broker, PostgreSQL or Redis (every such fixture depends on one).
 REAL_SERVICES = frozenset({"infra"})
 
@@ -89,13 +97,14 @@ def _own_sandbox_ports() -> Iterator[None]:
 def infra() -> Iterator[Infra]:
     pg = os.environ.get("HERALD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
     redis_base = os.environ.get("HERALD_TEST_REDIS", "redis://127.0.0.1:6379")
-    redis_db = int(os.environ.get("HERALD_TEST_REDIS_DB", "15"))
+    redis_db = int(os.environ.get("HERALD_TEST_REDIS_DB", "15")) - _WORKER_INDEX
+    assert redis_db >= 0, "HERALD_TEST_REDIS_DB leaves no Redis database for every pytest-xdist worker"
     local.ensure_postgres(f"{pg}/postgres")
     local.ensure_redis(redis_base)
     port = local.free_port()
     ARTIFACTS.mkdir(exist_ok=True)
-    broker = local.start_tansu(port, log_path=ARTIFACTS / "tansu.log")
-    database = f"herald_test_{test_id()}"
+    broker = local.start_tansu(port, log_path=ARTIFACTS / f"tansu{'-' + WORKER if WORKER else ''}.log")
+    database = f"herald_test_{test_id()}{'_' + WORKER if WORKER else ''}"
     asyncio.run(fresh_database(f"{pg}/{database}"))
     asyncio.run(_flush(f"{redis_base}/{redis_db}"))
     try:
