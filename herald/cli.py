@@ -187,6 +187,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     env.setdefault("HERALD_SMTP_PORT", env.get("HERALD_SANDBOX_SMTP_PORT", "2525"))
     env.setdefault("HERALD_RESEND_API_BASE", f"http://127.0.0.1:{port_of(SANDBOX, env)}")
     email = next(spec for spec in SERVICES if spec.name == "email")
+    # The router gathers an export from each service where this stack serves it.
+    env.setdefault("HERALD_EXPORT_SERVICES", ",".join(f"{s.name}=http://127.0.0.1:{port_of(s, env)}" for s in SERVICES if s.name != "router"))
     env.setdefault("HERALD_UNSUBSCRIBE_URL", f"http://127.0.0.1:{port_of(email, env)}/v1/unsubscribe")
     if not env.get("HERALD_VAPID_PRIVATE_KEY"):
         env["HERALD_VAPID_PRIVATE_KEY"] = dev_vapid_private_key()

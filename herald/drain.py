@@ -26,12 +26,17 @@ from shared._kafka import kafka_options
 from shared._lag import LagCollector, WatchedGroup
 from shared._metrics import Metrics
 
+from .stack import SERVICES
+
 
 def herald_groups(settings: HeraldSettings) -> list[WatchedGroup]:
     """Every consumer group Herald's services use, with what each reads."""
     groups = [
         WatchedGroup(settings.group_id("router"), pattern=settings.domain_pattern()),
         WatchedGroup(settings.group_id("router-status"), (settings.status_topic,)),
+        WatchedGroup(settings.group_id("router-erasure-status"), (settings.erasure_status_topic,)),
+        # every service applies erasures in a group of its own
+        *(WatchedGroup(settings.group_id(f"{spec.name}-erasure"), (settings.erasure_topic,)) for spec in SERVICES),
     ]
     for channel in Channel:
         ch = channel.value

@@ -10,6 +10,10 @@ message was sent with, as Twilio does.
 The final status is ``delivered`` unless told otherwise for a number:
 ``POST /api/twilio/receipts {"to": "+1...", "status": "undelivered", "error_code": 30003}``.
 Faults for the API itself come from the shared fault queue (provider ``twilio``).
+
+A message's log is erased as at Twilio: ``POST …/Messages/{MessageSid}.json`` with an empty
+``Body`` redacts it (its text is emptied, ``redacted`` set in its meta), ``DELETE`` on the
+same path deletes it (answered 204, then 404 for that SID).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from urllib.parse import parse_qsl
 
 import httpx
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from twilio.request_validator import RequestValidator
 
@@ -136,6 +140,41 @@ async def create_message(account_sid: str, request: Request) -> JSONResponse:
         "to": to, "uri": f"/2010-04-01/Accounts/{account_sid}/Messages/{sid}.json",
     }
     return JSONResponse(message, status_code=201)
+
+
+MESSAGE = "/2010-04-01/Accounts/{account_sid}/Messages/{message_sid}.json"
+
+
+def _message(message_sid: str) -> Received | None:
+    return next((m for m in store.messages if m.provider == PROVIDER and m.meta.get("sid") == message_sid), None)
+
+
+@router.post(MESSAGE, summary="Redact a Message: update its Body to empty (Twilio-compatible)")
+async def redact_message(account_sid: str, message_sid: str, request: Request) -> JSONResponse:
+    creds = _credentials(request)
+    if creds is None or creds[0] != account_sid or not creds[1]:
+        return _error(401, 20003, "Authenticate", headers={"WWW-Authenticate": 'Basic realm="Twilio API"'})
+    form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+    if form.get("Body", None) != "":
+        return _error(400, 21602, "Only an empty Body (redaction) is supported here.")
+    found = _message(message_sid)
+    if found is None:
+        return _error(404, 20404, f"The requested resource /Messages/{message_sid}.json was not found")
+    found.as_dict()  # settled before it is changed
+    found.text, found.meta["redacted"] = "", True
+    return JSONResponse({"sid": message_sid, "account_sid": account_sid, "body": "", "status": "delivered", "to": found.to}, status_code=200)
+
+
+@router.delete(MESSAGE, status_code=204, summary="Delete a Message (Twilio-compatible)", response_model=None)
+async def delete_message(account_sid: str, message_sid: str, request: Request) -> Response | JSONResponse:
+    creds = _credentials(request)
+    if creds is None or creds[0] != account_sid or not creds[1]:
+        return _error(401, 20003, "Authenticate", headers={"WWW-Authenticate": 'Basic realm="Twilio API"'})
+    found = _message(message_sid)
+    if found is None:
+        return _error(404, 20404, f"The requested resource /Messages/{message_sid}.json was not found")
+    store.messages.remove(found)
+    return Response(status_code=204)
 
 
 async def _callbacks(url: str, token: str, *, account_sid: str, sid: str, to: str, sender: str) -> None:

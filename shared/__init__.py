@@ -9,6 +9,8 @@ from ._audit import audit
 from ._keys import Scope, ServiceKey, hash_service_key, parse_service_keys
 from ._db import MigrationError, apply_migrations, create_pool, ensure_database, load_migrations
 from ._breaker import ChannelGate, GateState
+from ._erasure import Erase, Erasure, ErasureReport, erased_users, erasure_router, record_tombstone
+from ._export import Export, ledger_export, rows
 from ._exceptions import HeraldError, InvalidMessage, Misconfigured, PermanentError, Suppressed, TransientError, describe, is_outage, parse_retry_after, patiently
 from ._kafka import (
     Outgoing,
@@ -35,13 +37,15 @@ from ._models import (
     notification_id,
     utcnow,
 )
-from ._ratelimit import Grant, Limit, RateLimiter, per_address, per_user
+from ._ratelimit import Grant, Limit, RateLimiter, per_address, per_user, public_user_key
+from ._retention import Purge, ledger_purge, purge_all, retention
 from ._sender import Clock, Deliver, Ledger, SenderPipeline, retry_delay
 from ._templates import MessageTemplates, TemplateError, local_times
-from ._settings import CommaList, HeraldSettings, Secret, UnsafeProductionSettings, looks_like_placeholder, split_commas, url_password
+from ._settings import REDIS_ROLES, CommaList, HeraldSettings, Secret, UnsafeProductionSettings, looks_like_placeholder, split_commas, url_password
 
 __all__ = [
     "NOTIFICATION_NAMESPACE",
+    "REDIS_ROLES",
     "SWITCHABLE_CATEGORIES",
     "AppResources",
     "Category",
@@ -51,6 +55,15 @@ __all__ = [
     "CloudEvent",
     "CommaList",
     "Deliver",
+    "Erase",
+    "Erasure",
+    "Export",
+    "ledger_export",
+    "rows",
+    "ErasureReport",
+    "erased_users",
+    "erasure_router",
+    "record_tombstone",
     "DeliveryState",
     "DeliveryStatus",
     "GateState",
@@ -73,9 +86,14 @@ __all__ = [
     "OutageBackoff",
     "Outgoing",
     "PermanentError",
+    "Purge",
+    "ledger_purge",
+    "purge_all",
+    "retention",
     "RateLimiter",
     "per_address",
     "per_user",
+    "public_user_key",
     "Recipient",
     "Resources",
     "SenderPipeline",

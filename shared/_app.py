@@ -27,7 +27,7 @@ from ._limits import BodyLimit, body_limits
 from ._logging import configure_logging
 from ._metrics import Metrics
 from ._openapi import complete_openapi
-from ._settings import HeraldSettings
+from ._settings import REDIS_ROLES, HeraldSettings
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,12 @@ class Resources:
     extra: dict[str, Any] = field(default_factory=dict)
     #: What keeps this service from doing its work right now (an outage its handlers are waiting out), by name; /readyz shows it.
     problems: dict[str, str] = field(default_factory=dict)
+    #: A client per Redis role whose URL differs from the main one (``redis_for``).
+    redis_roles: dict[str, Redis] = field(default_factory=dict)
+
+    def redis_for(self, role: str) -> Redis:
+        """The Redis of ``role`` (dedupe, ratelimit, cache, codes): its own server or database if configured, else the main one."""
+        return self.redis_roles.get(role, self.redis)
 
 
 class Readiness(BaseModel):
@@ -108,12 +114,14 @@ def create_service(
     api: APIRouter | None = None,
     hooks: Sequence[Hook] = (),
     description: str = "",
+    export: Any = None,
 ) -> FastAPI:
     """Assemble a Herald service.
 
     ``kafka_routers`` carry the service's subscribers, ``api`` its HTTP routes,
     and each of ``hooks`` is an async context manager entered after the shared
-    resources are open (and left before they close).
+    resources are open (and left before they close). ``export`` (a ``shared.Export``) is served as
+    ``GET /v1/admin/users/{user_id}/export``: what the service holds about a user.
     """
     configure_logging(settings.service_name, level=settings.log_level, json=settings.log_json)
     registry = CollectorRegistry()
@@ -136,6 +144,14 @@ def create_service(
             stack.push_async_callback(resources.pool.close)
             resources.redis = Redis.from_url(settings.redis_url, decode_responses=False)
             stack.push_async_callback(resources.redis.aclose)
+            by_url = {settings.redis_url: resources.redis}
+            for role in REDIS_ROLES:
+                url = settings.redis_url_for(role)
+                if url not in by_url:
+                    by_url[url] = Redis.from_url(url, decode_responses=False)
+                    stack.push_async_callback(by_url[url].aclose)
+                if by_url[url] is not resources.redis:
+                    resources.redis_roles[role] = by_url[url]
             resources.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False)
             stack.push_async_callback(resources.http.aclose)
             await broker.connect()
@@ -185,10 +201,15 @@ def create_service(
         async def pg() -> bool:
             return await resources.pool.fetchval("SELECT 1", timeout=2) == 1
 
+        roles: dict[int, list[str]] = {}  # each other Redis once, named by its roles
+        for role, client in resources.redis_roles.items():
+            roles.setdefault(id(client), []).append(role)
+        others = {"redis-" + "-".join(names): resources.redis_roles[names[0]].ping for names in roles.values()}
         results = await asyncio.gather(
             _check("kafka", lambda: broker.ping(timeout=2.0), 2.5),
             _check("postgres", pg, 2.5),
             _check("redis", resources.redis.ping, 2.5),
+            *(_check(name, ping, 2.5) for name, ping in others.items()),
         )
         failing = {name: error for name, error in results if error is not None} | resources.problems  # and outages being waited out
         for name, _ in results:
@@ -207,6 +228,10 @@ def create_service(
 
     if api is not None:
         app.include_router(api)
+    if export is not None:
+        from ._export import export_api
+
+        app.include_router(export_api(settings.service_name, export))
 
     async def metrics(request: Request) -> Response:
         """``/metrics`` answered directly (no redirect to ``/metrics/``, which the shipped scrape configs use)."""

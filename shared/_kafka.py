@@ -171,7 +171,7 @@ def all_topics(settings: HeraldSettings) -> list[str]:
             settings.notify_topic(channel, critical=True),
             *settings.retry_topics(channel),
         ]
-    topics += [settings.status_topic, settings.dlq_topic]
+    topics += [settings.status_topic, settings.dlq_topic, settings.erasure_topic, settings.erasure_status_topic]
     return topics
 
 

@@ -36,6 +36,24 @@ class Metrics:
             ["stage", "reason"],
             registry=registry,
         )
+        self.erasures = Counter(
+            "herald_erasures_total",
+            "User erasures this service applied (erased) or could not apply (dead_lettered)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.erased = Counter(
+            "herald_erased_total",
+            "Rows and Redis keys erasures removed or cleared, by store",
+            ["store"],
+            registry=registry,
+        )
+        self.purged = Counter(
+            "herald_retention_purged_total",
+            "Rows deleted because they were past their store's retention (docs/data.md), by store",
+            ["store"],
+            registry=registry,
+        )
         self.provider_latency = Histogram(
             "herald_provider_latency_seconds",
             "Time a provider took to accept (or refuse) a message",

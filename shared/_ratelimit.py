@@ -135,14 +135,23 @@ PUBLIC_GROUPS = ("webhooks", "unsubscribe", "stream", "verification")
 def _limiter(res: Any) -> RateLimiter:
     limiter = res.extra.get("public_limiter")
     if limiter is None:
-        limiter = res.extra["public_limiter"] = RateLimiter(res.redis)
+        limiter = res.extra["public_limiter"] = RateLimiter(res.redis_for("ratelimit"))
     return limiter
+
+
+def public_user_key(res: Any, group: str, user_id: str) -> str:
+    """The Redis key of ``user_id``'s requests to the ``group`` endpoints (``per_user``)."""
+    return _public_key(res, group, f"user:{user_id}")
+
+
+def _public_key(res: Any, group: str, who: str) -> str:
+    return f"{res.settings.control_prefix()}public:{group}:{who}"
 
 
 async def _take(res: Any, group: str, who: str, per_minute: int, what: str) -> None:
     if per_minute <= 0:
         return
-    key = f"{res.settings.control_prefix()}public:{group}:{who}"
+    key = _public_key(res, group, who)
     try:
         grant = await _limiter(res).acquire(Limit(key, per_minute, 60))
     except RedisError as exc:  # the endpoint stays available; the limit is back with Redis

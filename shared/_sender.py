@@ -43,6 +43,7 @@ from pydantic import ValidationError
 
 from ._app import KafkaResources, OutageBackoff, Resources
 from ._breaker import ChannelGate, GateState, hold_key, resume_key
+from ._erasure import erased_users
 from ._exceptions import Misconfigured, PermanentError, Suppressed, TransientError, describe, is_outage, patiently
 from ._kafka import Outgoing, dead_letter, header, publish_many, subscriber_options
 from ._logging import event_id_var, mask_text, notification_id_var
@@ -93,8 +94,14 @@ class Ledger:
     """The channel's delivery ledger (``<schema>.ledger``): one row per notification id and target."""
 
     def __init__(self, schema: str, lease_seconds: float = 60.0) -> None:
+        self.schema = schema
         self.table = f"{schema}.ledger"
         self.lease = timedelta(seconds=lease_seconds)
+
+    async def erase(self, *, conn: Any, user_id: str) -> int:
+        """Remove what a user's rows say beyond accounting (error texts may quote an address); how many rows changed."""
+        status = await conn.execute(f"UPDATE {self.table} SET error = NULL, updated_at = now() WHERE user_id = $1 AND error IS NOT NULL", user_id)
+        return int(status.split()[-1])
 
     async def claim(self, *, conn: Any, dispatch: Dispatch, target: str = "") -> int | None:
         """Claim a delivery before the provider call; the attempt number, or None if it is not ours to send."""
@@ -504,14 +511,22 @@ class SenderPipeline:
         """
         limit = asyncio.Semaphore(self.settings.concurrency)
         parsed = [self.parse(record, res) for record in records]
-        claims = BatchClaims(self, res, [d for d in parsed if isinstance(d, Dispatch)], size=self.settings.concurrency)
+        dispatches = [d for d in parsed if isinstance(d, Dispatch)]
+        try:
+            erased = await self.erased(res, dispatches)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            await self._outages.failed(res, exc)
+            raise Outage(str(exc)) from exc
+        claims = BatchClaims(self, res, dispatches, size=self.settings.concurrency)
 
         async def one(record: ConsumerRecord, item: Dispatch | list[Outgoing]) -> list[Outgoing]:
             if not isinstance(item, Dispatch):
                 return item
             async with limit:
                 try:
-                    return await self.handle_dispatch(item, res, lane=lane, record=record, claims=claims)
+                    return await self.handle_dispatch(item, res, lane=lane, record=record, claims=claims, erased=erased)
                 except Exception as exc:
                     if is_outage(exc):
                         raise
@@ -539,6 +554,13 @@ class SenderPipeline:
             raise Outage(str(outages[0])) from outages[0]
         self._outages.ok(res)
 
+    async def erased(self, res: Resources, dispatches: Sequence[Dispatch]) -> frozenset[str]:
+        """The recipients of ``dispatches`` who were erased (the channel's tombstones): one lookup per batch."""
+        if not dispatches:
+            return frozenset()
+        async with res.pool.acquire() as conn:
+            return await erased_users(conn=conn, schema=self.ledger.schema, user_ids=(d.recipient.user_id for d in dispatches))
+
     def parse(self, record: ConsumerRecord, res: Resources) -> Dispatch | list[Outgoing]:
         """The dispatch a record holds, or the dead letter of one that holds none."""
         try:
@@ -549,17 +571,34 @@ class SenderPipeline:
             return [dead_letter(self.settings, record, stage=self.channel.value, reason="invalid_dispatch", error=str(exc))]
 
     async def handle_dispatch(
-        self, dispatch: Dispatch, res: Resources, *, lane: str, record: ConsumerRecord | None = None, claims: BatchClaims | None = None
+        self,
+        dispatch: Dispatch,
+        res: Resources,
+        *,
+        lane: str,
+        record: ConsumerRecord | None = None,
+        claims: BatchClaims | None = None,
+        erased: frozenset[str] | None = None,
     ) -> list[Outgoing]:
+        """Finish one dispatch; ``erased``: the batch's erased recipients (looked up here when not given)."""
         event_id_var.set(dispatch.event_id)
         notification_id_var.set(str(dispatch.notification_id))
         fresh = dispatch.attempt == 1 and dispatch.not_before is None and dispatch.retry_from is None  # not a retry, delay or replay
         if fresh and dispatch.created_at.tzinfo is not None:
             res.metrics.hops.labels("queue", self.channel.value).observe(max((self.clock() - dispatch.created_at).total_seconds(), 0.0))
-        return await self.process(dispatch, res, lane=lane, record=record, claims=claims)
+        if erased is None:
+            erased = await self.erased(res, [dispatch])
+        return await self.process(dispatch, res, lane=lane, record=record, claims=claims, erased=dispatch.recipient.user_id in erased)
 
     async def process(
-        self, dispatch: Dispatch, res: Resources, *, lane: str, record: ConsumerRecord | None = None, claims: BatchClaims | None = None
+        self,
+        dispatch: Dispatch,
+        res: Resources,
+        *,
+        lane: str,
+        record: ConsumerRecord | None = None,
+        claims: BatchClaims | None = None,
+        erased: bool = False,
     ) -> list[Outgoing]:
         """Claim, deliver and record one dispatch; a copy of one in flight here waits for its outcome."""
         nid = dispatch.notification_id
@@ -594,6 +633,9 @@ class SenderPipeline:
                     return self._dead_letter_unclaimable(dispatch, res, exc)
             if claimed is None:
                 return await self._not_ours(dispatch, res)
+            if erased:
+                # Its user was erased since it was routed (it waited in a retry or delay topic, or is replayed from dlq).
+                return await self._record(dispatch, res, DeliveryState.suppressed, reason="user_deleted", error="the user was erased")
             return await self._deliver(dispatch, res, picked=picked)
         finally:
             if done is not None:

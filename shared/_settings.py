@@ -120,6 +120,13 @@ class HeraldSettings(BaseSettings):
     topic_critical_suffix: str = ".critical"
     topic_status: str = "notify.status"
     topic_dlq: str = "dlq"
+    topic_erasure: str = "erasure"  # a user's erasure, read by every service (docs/data.md)
+    topic_erasure_status: str = "erasure.status"  # each service's report that it erased a user, read by the router
+
+    # retention (docs/data.md): how often each service deletes what is past its age, and how many rows per statement
+    retention_interval_seconds: float = Field(default=600, gt=0)
+    retention_batch: int = Field(default=5000, ge=1)
+    ledger_retention_days: float = Field(default=180, gt=0)  # a sender's finished ledger rows (sms: HERALD_SMS_LEDGER_RETENTION_DAYS)
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/herald"
     database_pool_min: int = 1
@@ -127,6 +134,11 @@ class HeraldSettings(BaseSettings):
     database_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     database_statement_timeout_seconds: float = Field(default=15.0, ge=0)  # 0: no limit
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis by role (docs/data.md: what losing each costs); each unset one is HERALD_REDIS_URL
+    redis_dedupe_url: str | None = None  # ingress's record of events seen: on a Redis that is never flushed
+    redis_ratelimit_url: str | None = None  # SMS caps, provider throughput, producer and public request limits
+    redis_cache_url: str | None = None  # the router's profile cache: may be flushed at any time
+    redis_codes_url: str | None = None  # pending phone verification codes
 
     jwt_secret: SecretStr | None = SecretStr(DEV_JWT_SECRET)
     jwt_public_key: str | None = None
@@ -278,6 +290,9 @@ class HeraldSettings(BaseSettings):
             yield Secret("HERALD_KAFKA_SASL_PASSWORD", password, min_length=8)
         yield from url_password("HERALD_DATABASE_URL", self.database_url)
         yield from url_password("HERALD_REDIS_URL", self.redis_url)
+        for role in REDIS_ROLES:
+            if getattr(self, f"redis_{role}_url"):
+                yield from url_password(f"HERALD_REDIS_{role.upper()}_URL", getattr(self, f"redis_{role}_url"))
 
     @classmethod
     def load(cls, **values: object) -> Self:
@@ -332,12 +347,28 @@ class HeraldSettings(BaseSettings):
     def dlq_topic(self) -> str:
         return f"{self.kafka_topic_namespace}{self.topic_dlq}"
 
+    @property
+    def erasure_topic(self) -> str:
+        return f"{self.kafka_topic_namespace}{self.topic_erasure}"
+
+    @property
+    def erasure_status_topic(self) -> str:
+        return f"{self.kafka_topic_namespace}{self.topic_erasure_status}"
+
+    def redis_url_for(self, role: str) -> str:
+        """The Redis URL of ``role`` (one of ``REDIS_ROLES``, or ``main``)."""
+        return (getattr(self, f"redis_{role}_url") if role in REDIS_ROLES else None) or self.redis_url
+
     def control_prefix(self) -> str:
         """Redis key prefix of operator controls, isolated per topic namespace like the topics."""
         return f"{self.control_redis_prefix}{self.kafka_topic_namespace}"
 
     def group_id(self, name: str) -> str:
         return f"{self.kafka_group_prefix}-{name}"
+
+
+#: What Herald keeps in Redis besides the main URL's (pub/sub, stream tokens, operator controls), each with its own URL setting.
+REDIS_ROLES = ("dedupe", "ratelimit", "cache", "codes")
 
 
 def url_password(env: str, url: str) -> Iterator[Secret]:

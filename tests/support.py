@@ -303,3 +303,11 @@ def tls_certificate(directory: Path, *, common_name: str = "127.0.0.1") -> tuple
     (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (directory / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return directory / "cert.pem", directory / "key.pem"
+
+
+def sender_schema_ddl(schema: str) -> str:
+    """The DDL of a sender's own tables (ledger and erasure tombstones) in a scratch ``schema``: the inapp migrations'."""
+    migrations = Path(__file__).resolve().parents[1] / "services/inapp/migrations"
+    ledger = (migrations / "001_inapp.sql").read_text().split("CREATE TABLE inapp.ledger")[1]
+    rest = [(migrations / name).read_text() for name in ("003_inapp_ledger_expired.sql", "004_inapp_erasures.sql")]
+    return "\n".join([f"CREATE SCHEMA {schema};", f"CREATE TABLE inapp.ledger {ledger}", *rest]).replace("inapp.", f"{schema}.")

@@ -8,11 +8,11 @@ RFC 8058 one-click unsubscribe endpoint.
 
 from fastapi import FastAPI
 
-from shared import create_service
+from shared import create_service, ledger_purge, retention
 
 from .api import api
 from .compose import EmailTemplates
-from .handlers import build_routers, provider_hook
+from .handlers import build_routers, export, provider_hook
 from .settings import Settings
 
 
@@ -25,5 +25,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="The email sender: templates, SMTP or Resend, retries, dead letters and one-click unsubscribe.",
         kafka_routers=build_routers(settings, templates),
         api=api,
-        hooks=[provider_hook(settings)],
+        export=export,
+        hooks=[provider_hook(settings), retention(lambda: [ledger_purge("email", days=settings.ledger_retention_days)])],
     )

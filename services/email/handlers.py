@@ -6,10 +6,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 from faststream.kafka import KafkaRouter
 
-from shared import Channel, Clock, Dispatch, Ledger, PermanentError, Resources, SenderPipeline, Suppressed, TemplateError, mask_email, utcnow
+from shared import (
+    Channel, Clock, Dispatch, Erasure, Ledger, PermanentError, Resources, SenderPipeline, Suppressed, TemplateError, erasure_router, ledger_export, mask_email, utcnow,
+)
 
 from .compose import EmailTemplates, compose
 from .logic import event_data, unsubscribable, unsubscribe_link, unsubscribe_token
@@ -62,7 +65,19 @@ def build_pipeline(settings: Settings, templates: EmailTemplates, *, clock: Cloc
 
 
 def build_routers(settings: Settings, templates: EmailTemplates) -> list[KafkaRouter]:
-    return build_pipeline(settings, templates).routers()
+    return [*build_pipeline(settings, templates).routers(), erasure_router(settings, "email", erase, tombstones="email")]
+
+
+async def export(user_id: str, res: Resources) -> dict[str, Any]:
+    """What the email service holds about a user: ledger rows (no address is stored)."""
+    async with res.pool.acquire() as conn:
+        return await ledger_export(conn, "email", user_id)
+
+
+async def erase(erasure: Erasure, res: Resources) -> dict[str, int]:
+    """The email service keeps no address: only its ledger's error texts (which may quote one) go."""
+    async with res.pool.acquire() as conn:
+        return {"ledger_errors": await Ledger("email").erase(conn=conn, user_id=erasure.user_id)}
 
 
 def provider_hook(settings: Settings):  # noqa: ANN201 - a hook factory for create_service

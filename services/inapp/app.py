@@ -9,10 +9,10 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from shared import MessageTemplates, Resources, create_service
+from shared import MessageTemplates, Resources, create_service, retention
 
 from .api import api
-from .handlers import build_routers
+from .handlers import build_routers, export, purges
 from .settings import Settings
 from .stream import StreamHub
 from .web import web
@@ -50,7 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="The in-app inbox: stores each user's notifications, streams them as they arrive, serves the bell widget.",
         kafka_routers=build_routers(settings, templates),
         api=routes,
-        hooks=[stream_hub],
+        export=export,
+        hooks=[stream_hub, retention(lambda: purges(settings))],
     )
     app.add_middleware(
         CORSMiddleware,

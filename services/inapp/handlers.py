@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
+from typing import Any
 
 import asyncpg
 from faststream.kafka import KafkaRouter
@@ -11,14 +13,21 @@ from redis.exceptions import RedisError
 from shared import (
     Channel,
     Dispatch,
+    Erasure,
     Ledger,
     MessageTemplates,
     PermanentError,
+    Purge,
     Resources,
     SenderPipeline,
     TemplateError,
     TransientError,
+    erasure_router,
+    ledger_export,
+    ledger_purge,
     local_times,
+    public_user_key,
+    rows,
 )
 
 from . import logic, repo, stream
@@ -65,9 +74,42 @@ async def store_notification(dispatch: Dispatch, res: Resources, *, templates: M
     return str(dispatch.notification_id)
 
 
+async def export(user_id: str, res: Resources) -> dict[str, Any]:
+    """What the inapp service holds about a user: every notification (deleted ones too) and ledger rows."""
+    async with res.pool.acquire() as conn:
+        found = await ledger_export(conn, "inapp", user_id)
+        found["notifications"] = await rows(conn, "SELECT * FROM inapp.notifications WHERE user_id = $1 ORDER BY seq", user_id)
+    return found
+
+
+def purges(settings: Settings) -> list[Purge]:
+    """What the inapp service deletes by age (docs/data.md)."""
+    return [
+        ledger_purge("inapp", days=settings.ledger_retention_days),
+        Purge("inapp.notifications", "inapp.notifications", "created_at < now() - $1::interval", timedelta(days=settings.inbox_retention_days)),
+        Purge(
+            "inapp.notifications.deleted", "inapp.notifications", "deleted_at < now() - $1::interval", timedelta(days=settings.inbox_deleted_retention_days)
+        ),
+    ]
+
+
 def build_routers(settings: Settings, templates: MessageTemplates) -> list[KafkaRouter]:
     async def on_inapp_dispatch(dispatch: Dispatch, res: Resources) -> str | None:
         return await store_notification(dispatch, res, templates=templates, settings=settings)
 
-    pipeline = SenderPipeline(settings, Channel.inapp, on_inapp_dispatch, ledger=Ledger("inapp"))
-    return pipeline.routers()
+    ledger = Ledger("inapp")
+    pipeline = SenderPipeline(settings, Channel.inapp, on_inapp_dispatch, ledger=ledger)
+
+    async def erase(erasure: Erasure, res: Resources) -> dict[str, int]:
+        """The inapp service's part of an erasure: every notification of the user (read, unread or deleted)
+        and their inbox counter go, the ledger keeps its rows without error texts, and open streams are told
+        the inbox is empty."""
+        user_id = erasure.user_id
+        async with res.pool.acquire() as conn, conn.transaction():
+            notifications = await repo.erase_user(conn=conn, user_id=user_id)
+            scrubbed = await ledger.erase(conn=conn, user_id=user_id)
+        removed = await res.redis_for("ratelimit").delete(public_user_key(res, "stream", user_id))
+        await stream.publish(res.redis, settings.inbox_redis_prefix, user_id, logic.change_message("cleared", ids=[], unread=0))
+        return {"notifications": notifications, "ledger_errors": scrubbed, "redis_keys": int(removed)}
+
+    return [*pipeline.routers(), erasure_router(settings, "inapp", erase, tombstones="inapp")]

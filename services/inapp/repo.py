@@ -28,12 +28,14 @@ async def insert(
     and its row stays locked until the statement commits, so one user's numbers commit in order.
     Two copies of one notification stored at the same moment (which the ledger's claim prevents)
     would leave a gap in the user's numbers; a stream that sees a gap reads from the table.
-    The row of one stored before is returned too, unless the user deleted it since (None).
+    The row of one stored before is returned too, unless the user deleted it since (None). Nothing is
+    stored for a user erased meanwhile (None: the sender had found no tombstone when the batch began).
     """
     row = await conn.fetchrow(
         f"""
         WITH fresh AS (
-            SELECT NOT EXISTS (SELECT 1 FROM inapp.notifications WHERE id = $1) AS new
+            SELECT NOT EXISTS (SELECT 1 FROM inapp.notifications WHERE id = $1)
+               AND NOT EXISTS (SELECT 1 FROM inapp.erasures WHERE user_id = $2) AS new  -- nothing stored for an erased user
         ), seq AS (
             INSERT INTO inapp.inbox_sequences AS s (user_id, last_seq)
             SELECT $2, 1 FROM fresh WHERE new
@@ -178,6 +180,17 @@ async def clear(*, conn: Any, user_id: str) -> int:
         user_id,
     )
     return int(status.rsplit(" ", 1)[-1])
+
+
+async def erase_user(*, conn: Any, user_id: str) -> int:
+    """Delete every notification of an erased user, soft-deleted ones too, and their inbox counter; how many went.
+
+    The counter row goes first: a store of the same user in flight holds it, so the erasure waits for
+    that store to commit and then deletes its row too.
+    """
+    await conn.execute("DELETE FROM inapp.inbox_sequences WHERE user_id = $1", user_id)
+    status = await conn.execute("DELETE FROM inapp.notifications WHERE user_id = $1", user_id)
+    return int(status.split()[-1])
 
 
 async def latest(*, conn: Any, user_id: str, limit: int) -> list[dict[str, Any]]:

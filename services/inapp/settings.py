@@ -9,6 +9,8 @@ class Settings(HeraldSettings):
 
     inbox_page_default: int = Field(default=20, ge=1)
     inbox_page_max: int = Field(default=100, ge=1)
+    inbox_retention_days: float = Field(default=180, gt=0, description="a notification is deleted this long after it was stored, read or not")
+    inbox_deleted_retention_days: float = Field(default=30, gt=0, description="a notification the user deleted is gone for good this long after")
 
     # server-sent events
     stream_ping_seconds: float = Field(default=15.0, gt=0, description="heartbeat comment interval, under any proxy's idle timeout")

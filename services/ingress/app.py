@@ -8,12 +8,13 @@ again later. ``herald run`` sends it first when it stops, before waiting for the
 import contextlib
 import signal
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 
-from shared import create_service
+from shared import Erasure, Resources, create_service, erasure_router
 
 from .api import build_api
 from .logic import Refusal
@@ -49,6 +50,16 @@ def _intake_control(app_state: dict):  # noqa: ANN202 - a hook factory for creat
     return hook
 
 
+async def holds_nothing(erasure: Erasure, res: Resources) -> dict[str, int]:
+    """Ingress keeps nothing about a user (its dedupe keys name events, and expire): it reports the erasure done."""
+    return {}
+
+
+async def exports_nothing(user_id: str, res: Resources) -> dict[str, Any]:
+    """Ingress keeps nothing about a user."""
+    return {}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.load()
     intake: dict = {"closed": False}
@@ -57,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Herald ingress",
         description="The HTTP door for domain events and provider webhooks.",
         api=build_api(settings),
+        kafka_routers=[erasure_router(settings, "ingress", holds_nothing)],
+        export=exports_nothing,
         hooks=[_intake_control(intake)],
     )
     app.state.intake = intake

@@ -86,7 +86,7 @@ async def within_rate(res: AppResources, producer: Producer) -> int:
     """0 when the request may go ahead, else the milliseconds until the key's window reopens."""
     if producer.rate_per_minute <= 0:
         return 0
-    script = res.redis.register_script(_RATE_LIMIT)
+    script = res.redis_for("ratelimit").register_script(_RATE_LIMIT)
     key = f"{res.settings.kafka_topic_namespace}ingress:rate:{producer.key_id}"
     result = int(await script(keys=[key], args=[producer.rate_per_minute, WINDOW_MS]))
     return -result if result <= 0 else 0

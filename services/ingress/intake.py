@@ -81,7 +81,7 @@ async def take(res: Resources, events: Sequence[CloudEvent], *, producer: str) -
     keys = [logic.dedupe_key(settings.kafka_topic_namespace, e) for e in events]
     pending_for = math.ceil(settings.publish_wait_seconds) + 5  # type: ignore[attr-defined]
     try:
-        holders = await res.redis.register_script(_CLAIM)(keys=keys, args=[pending_for])
+        holders = await res.redis_for("dedupe").register_script(_CLAIM)(keys=keys, args=[pending_for])
     except RedisError as exc:
         log.error("dedupe store unavailable: %s", exc)
         raise _unavailable(res, "the dedupe store") from None
@@ -115,11 +115,11 @@ async def _settle(res: Resources, keys: list[str], *, done: bool) -> None:
         return
     try:
         if done:
-            async with res.redis.pipeline(transaction=False) as pipe:
+            async with res.redis_for("dedupe").pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.set(key, DONE, ex=res.settings.dedupe_ttl_seconds)  # type: ignore[attr-defined]
                 await pipe.execute()
         else:
-            await res.redis.delete(*keys)
+            await res.redis_for("dedupe").delete(*keys)
     except RedisError as exc:  # the pending claims expire on their own within seconds
         log.error("could not %s %d dedupe claim(s): %s", "confirm" if done else "release", len(keys), exc)

@@ -10,10 +10,10 @@ from pathlib import Path
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter
 
-from shared import MessageTemplates, Resources, create_service
+from shared import MessageTemplates, Resources, create_service, ledger_purge, retention
 
 from .api import api
-from .handlers import build_routers
+from .handlers import build_routers, export
 from .providers import WebPushClient, load_vapid
 from .settings import Settings
 
@@ -69,7 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Web push: browser subscriptions, and delivery of each notification to every subscription of its user.",
         kafka_routers=build_routers(settings, MessageTemplates(TEMPLATES)),
         api=api,
-        hooks=[push_client],
+        export=export,
+        hooks=[push_client, retention(lambda: [ledger_purge("push", days=settings.ledger_retention_days)])],
     )
     resources: Resources = app.state.resources
     resources.extra["push_metrics"] = PushMetrics(resources.metrics.registry)

@@ -20,6 +20,7 @@ from shared import (
     Channel,
     DeliveryState,
     Dispatch,
+    Erasure,
     Ledger,
     MessageTemplates,
     Misconfigured,
@@ -29,8 +30,11 @@ from shared import (
     Suppressed,
     TemplateError,
     TransientError,
+    erasure_router,
+    ledger_export,
     local_times,
     patiently,
+    rows,
 )
 
 from . import logic, repo
@@ -166,6 +170,19 @@ class PushDelivery:
                     log.warning("dropped push subscription %s after %d failures in a row", sub["id"], failures)
 
 
+async def export(user_id: str, res: Resources) -> dict[str, Any]:
+    """What the push service holds about a user: subscriptions (without the browser's auth secret) and ledger rows."""
+    async with res.pool.acquire() as conn:
+        found = await ledger_export(conn, "push", user_id)
+        found["subscriptions"] = await rows(
+            conn,
+            "SELECT id, endpoint, user_agent, created_at, updated_at, last_success_at, last_failure_at, failures"
+            " FROM push.subscriptions WHERE user_id = $1 ORDER BY created_at, id",
+            user_id,
+        )
+    return found
+
+
 def build_routers(settings: Settings, templates: MessageTemplates) -> list[KafkaRouter]:
     """The shared sender pipeline driving ``PushDelivery``."""
     ledger = Ledger("push")
@@ -178,4 +195,13 @@ def build_routers(settings: Settings, templates: MessageTemplates) -> list[Kafka
         retry_base_seconds=settings.push_retry_base_seconds,
         retry_cap_seconds=settings.push_retry_cap_seconds,
     )
-    return pipeline.routers()
+
+    async def erase(erasure: Erasure, res: Resources) -> dict[str, int]:
+        """The push service's part of an erasure: the user's subscriptions (endpoints, keys, user agents) go;
+        the ledger keeps its rows (by endpoint hash) without error texts."""
+        async with res.pool.acquire() as conn, conn.transaction():
+            subscriptions = await repo.erase_user(conn=conn, user_id=erasure.user_id)
+            scrubbed = await ledger.erase(conn=conn, user_id=erasure.user_id)
+        return {"subscriptions": subscriptions, "ledger_errors": scrubbed}
+
+    return [*pipeline.routers(), erasure_router(settings, "push", erase, tombstones="push")]

@@ -57,6 +57,12 @@ async def unsubscribe(*, conn: Any, user_id: str, endpoint: str) -> bool:
     return status == "DELETE 1"
 
 
+async def erase_user(*, conn: Any, user_id: str) -> int:
+    """Delete every subscription of an erased user; how many went."""
+    status = await conn.execute("DELETE FROM push.subscriptions WHERE user_id = $1", user_id)
+    return int(status.split()[-1])
+
+
 async def remove(*, conn: Any, id: UUID) -> bool:
     """Delete a subscription the push service says is gone (or that failed too often)."""
     return await conn.execute("DELETE FROM push.subscriptions WHERE id = $1", id) == "DELETE 1"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from urllib.parse import quote
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
+import httpx
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from shared import AdminService, AppResources, CloudEvent, Outgoing, RecipientsService, TracesService, UserId, audit, publish_many
@@ -80,6 +84,7 @@ async def put_recipient(user_id: UserPath, body: RecipientIn, caller: Recipients
 class ErasureAccepted(BaseModel):
     status: Literal["accepted"] = "accepted"
     event_id: str = Field(description="The user.deleted event published for the erasure")
+    status_url: str = Field(description="Where each service's progress shows: GET /v1/erasures/{user_id}")
 
 
 @api.delete(
@@ -95,7 +100,81 @@ async def erase_recipient(user_id: UserPath, caller: AdminService, res: AppResou
     )
     await publish_many(res.broker, [Outgoing(res.settings.domain_topic("user.deleted"), event, key=user_id)])
     audit(res.metrics, actor=caller, action="recipient.erase", target=user_id, event_id=event.id)
-    return ErasureAccepted(event_id=event.id)
+    return ErasureAccepted(event_id=event.id, status_url=f"/v1/erasures/{quote(user_id, safe='')}")
+
+
+class UserExport(BaseModel):
+    user_id: str
+    exported_at: datetime
+    services: dict[str, dict[str, Any]] = Field(description="Each service's part: what it holds about the user, by store")
+
+
+@api.get(
+    "/recipients/{user_id}/export",
+    tags=["recipients"],
+    summary="Everything Herald holds about a user, from every service (admin API key)",
+    responses={502: {"description": "A service did not answer its part; nothing partial is returned"}},
+)
+async def export_recipient(user_id: UserPath, caller: AdminService, res: AppResources, request: Request) -> UserExport:
+    settings = request.app.state.settings
+    path = f"/v1/admin/users/{quote(user_id, safe='')}/export"
+    headers = {"Authorization": request.headers["authorization"]}  # the caller's own key: each service checks it
+
+    async def part(name: str, base: str) -> tuple[str, dict[str, Any]]:
+        try:
+            answer = await res.http.get(f"{base}{path}", headers=headers, timeout=settings.export_timeout_seconds)
+        except httpx.HTTPError as exc:
+            raise HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"the {name} service did not answer its part of the export ({type(exc).__name__})") from None
+        if answer.status_code != 200:
+            raise HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"the {name} service answered {answer.status_code} to its part of the export")
+        return name, answer.json()
+
+    async with res.pool.acquire() as conn:
+        own = await repo.export(conn=conn, user_id=user_id)
+    parts = dict(await asyncio.gather(*(part(name, base) for name, base in settings.export_urls().items())))
+    audit(res.metrics, actor=caller, action="recipient.export", target=user_id)
+    return UserExport(user_id=user_id, exported_at=datetime.now(UTC), services={"router": jsonable_encoder(own), **parts})
+
+
+class ServiceErasure(BaseModel):
+    state: Literal["pending", "erased"]
+    at: datetime | None = Field(description="When the service reported it erased the user")
+    erased: dict[str, int] = Field(default_factory=dict, description="What it removed or cleared, by store (rows or keys)")
+
+
+class ErasureState(BaseModel):
+    user_id: str
+    erasure_id: UUID
+    event_id: str = Field(description="The user.deleted event that asked for it")
+    requested_at: datetime
+    complete: bool = Field(description="Every service has reported")
+    services: dict[str, ServiceErasure]
+
+
+@api.get(
+    "/erasures/{user_id}",
+    tags=["recipients"],
+    summary="A user's erasure, service by service (admin API key)",
+    responses={404: {"description": "No erasure of this user was requested"}},
+)
+async def get_erasure(user_id: UserPath, caller: AdminService, res: AppResources, request: Request) -> ErasureState:
+    async with res.pool.acquire() as conn:
+        found = await repo.erasure(conn=conn, user_id=user_id)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no erasure of user {user_id!r} was requested")
+    asked, reports = found
+    by_service = {r["service"]: r for r in reports}
+    names = list(dict.fromkeys([*request.app.state.settings.erasure_services, *by_service]))
+    services = {
+        name: ServiceErasure(state="erased", at=by_service[name]["reported_at"], erased=by_service[name]["erased"])
+        if name in by_service
+        else ServiceErasure(state="pending", at=None)
+        for name in names
+    }
+    return ErasureState(
+        user_id=user_id, erasure_id=asked["erasure_id"], event_id=asked["event_id"], requested_at=asked["requested_at"],
+        complete=all(v.state == "erased" for v in services.values()), services=services,
+    )
 
 
 # ---------------------------------------------------------------------------- preferences

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -10,30 +9,27 @@ from datetime import timedelta
 
 from fastapi import FastAPI
 
-from shared import Resources, create_service
+from shared import Purge, Resources, create_service, erasure_router, retention
 
-from . import repo
 from .api import api
 from .broadcasts import Broadcasts
 from .catalogue import load_catalogue
 from .directory import Recipients
-from .handlers import build_router
+from .handlers import build_router, erase
 from .routing import BatchRouter, dispatch_producer_for
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-async def prune_trace_forever(res: Resources, settings: Settings) -> None:
-    """Keep the decision trace to its retention period, a bounded slice at a time."""
-    while True:
-        try:
-            async with res.pool.acquire() as conn:
-                while await repo.prune_trace(conn=conn, older_than=timedelta(days=settings.trace_retention_days), limit=10_000):
-                    await asyncio.sleep(0.1)
-        except Exception:  # pruning is housekeeping: log it and try again next time
-            log.exception("pruning the decision trace failed")
-        await asyncio.sleep(settings.trace_prune_interval_seconds)
+def purges(settings: Settings) -> list[Purge]:
+    """What the router deletes by age (docs/data.md): the decision trace and finished broadcasts."""
+    trace = timedelta(days=settings.trace_retention_days)
+    return [
+        Purge("router.decisions", "router.decisions", "decided_at < now() - $1::interval", trace),
+        Purge("router.deliveries", "router.deliveries", "at < now() - $1::interval", trace),
+        Purge("router.broadcasts", "router.broadcasts", "finished_at < now() - $1::interval", timedelta(days=settings.broadcast_retention_days)),
+    ]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -61,23 +57,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await walkers.stop()
 
-    @contextlib.asynccontextmanager
-    async def trace_retention(res: Resources) -> AsyncIterator[None]:
-        task = asyncio.create_task(prune_trace_forever(res, settings))
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
     app = create_service(
         settings,
         title="Herald router",
         description="Turns domain events into one dispatch per recipient and channel; keeps recipients, preferences and the decision trace.",
-        kafka_routers=[build_router(settings, catalogue)],
+        kafka_routers=[build_router(settings, catalogue), erasure_router(settings, "router", erase)],
         api=api,
-        hooks=[recipients, dispatch_producer, broadcasts, trace_retention],
+        hooks=[recipients, dispatch_producer, broadcasts, retention(lambda: purges(settings))],
     )
     app.state.catalogue = catalogue
     return app

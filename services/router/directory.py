@@ -18,7 +18,7 @@ class Recipients:
 
     def __init__(self, res: Resources, *, ttl_seconds: int, chunk: int = 500) -> None:
         self.res = res
-        self.cache = ProfileCache(res.redis, ttl_seconds=ttl_seconds)
+        self.cache = ProfileCache(res.redis_for("cache"), ttl_seconds=ttl_seconds)
         self.chunk = chunk
         self.limit = asyncio.Semaphore(max(1, min(res.settings.concurrency, res.settings.database_pool_max)))
 

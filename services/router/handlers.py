@@ -10,10 +10,11 @@ from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 
-from shared import DeliveryStatus, KafkaResources, Outgoing, OutageBackoff, Resources, dead_letter, is_outage, publish_many, subscriber_options
+from shared import DeliveryStatus, Erasure, ErasureReport, KafkaResources, Outgoing, OutageBackoff, Resources, dead_letter, is_outage, publish_many, subscriber_options
 
 from . import repo
 from .catalogue import Catalogue
+from .directory import recipients_of
 from .routing import BatchRouter
 from .settings import Settings
 
@@ -54,7 +55,41 @@ def build_router(settings: Settings, catalogue: Catalogue) -> KafkaRouter:
             raise
         status_outage.ok(res)
 
+    erasure_outage = OutageBackoff("router-erasure-status", max_pause=settings.outage_backoff_max_seconds)
+
+    @router.subscriber(
+        settings.erasure_status_topic, **subscriber_options(settings, "router-erasure-status", background=True), title="router:erasure-status"
+    )
+    async def on_erasure_reports(_: None, msg: KafkaMessage, res: KafkaResources) -> None:
+        reports: list[dict[str, Any]] = []
+        dead: list[Outgoing] = []
+        for record in msg.raw_message:
+            try:
+                reports.append(ErasureReport.model_validate_json(record.value or b"").model_dump())
+            except ValidationError as exc:
+                res.metrics.dead_lettered.labels("router-erasure-status", "invalid_erasure_report").inc()
+                dead.append(dead_letter(settings, record, stage="router-erasure-status", reason="invalid_erasure_report", error=str(exc)))
+        try:
+            if reports:
+                async with res.pool.acquire() as conn:
+                    await repo.record_erasure_reports(conn=conn, reports=reports)
+            await publish_many(res.broker, dead)
+        except Exception as exc:
+            if is_outage(exc):
+                await erasure_outage.failed(res, exc)
+            raise
+        erasure_outage.ok(res)
+
     return router
+
+
+async def erase(erasure: Erasure, res: Resources) -> dict[str, int]:
+    """The router's part of an erasure: the directory row was cleared when ``user.deleted`` was applied
+    (its tombstone stays); here the decision trace and delivery rows go, and the cached profile."""
+    async with res.pool.acquire() as conn:
+        erased = await repo.erase_trace(conn=conn, user_id=erasure.user_id)
+    await recipients_of(res).cache.invalidate(erasure.user_id)
+    return erased
 
 
 def statuses_of(records: list[ConsumerRecord], res: Resources, settings: Settings) -> tuple[list[dict[str, Any]], list[Outgoing]]:

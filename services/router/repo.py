@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -154,6 +154,9 @@ async def record_deliveries(*, conn: Any, rows: Sequence[Mapping[str, Any]]) -> 
         """
         INSERT INTO router.deliveries (notification_id, status, attempt, reason, provider_message_id, event_id, user_id, channel, at)
         SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::timestamptz[])
+            AS u (notification_id, status, attempt, reason, provider_message_id, event_id, user_id, channel, at)
+         -- of an erased user only the refusals (a late status of a send before the erasure is not kept)
+         WHERE u.reason IS NOT DISTINCT FROM 'user_deleted' OR NOT EXISTS (SELECT 1 FROM router.erasures e WHERE e.user_id = u.user_id)
         ON CONFLICT (notification_id, status, attempt) DO NOTHING
         """,
         *([r[c] for r in rows] for c in columns),
@@ -223,19 +226,71 @@ async def deliveries_of(*, conn: Any, notification_ids: Iterable[UUID]) -> dict[
     return found
 
 
-async def prune_trace(*, conn: Any, older_than: timedelta, limit: int) -> int:
-    """Delete up to ``limit`` decisions and ``limit`` deliveries older than ``older_than``; how many went."""
-    decisions = await conn.execute(
-        "DELETE FROM router.decisions WHERE ctid = ANY(ARRAY(SELECT ctid FROM router.decisions WHERE decided_at < now() - $1::interval LIMIT $2))",
-        older_than,
-        limit,
+# ---------------------------------------------------------------------- erasure
+
+
+async def request_erasure(*, conn: Any, user_id: str, erasure_id: UUID, event_id: str, requested_at: datetime) -> dict[str, Any]:
+    """Record that ``user_id`` is to be erased; the first request is kept (its id is the one every service reports)."""
+    row = await conn.fetchrow(
+        """
+        INSERT INTO router.erasures AS e (user_id, erasure_id, event_id, requested_at) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (user_id) DO UPDATE SET user_id = e.user_id
+        RETURNING erasure_id, event_id, requested_at
+        """,
+        user_id, erasure_id, event_id, requested_at,
     )
-    deliveries = await conn.execute(
-        "DELETE FROM router.deliveries WHERE ctid = ANY(ARRAY(SELECT ctid FROM router.deliveries WHERE at < now() - $1::interval LIMIT $2))",
-        older_than,
-        limit,
+    return dict(row)
+
+
+async def erase_trace(*, conn: Any, user_id: str) -> dict[str, int]:
+    """Delete the user's decision trace and delivery rows (refusals after the erasure are written afterwards)."""
+    async with conn.transaction():
+        deliveries = await conn.execute(
+            "DELETE FROM router.deliveries WHERE notification_id IN (SELECT notification_id FROM router.decisions WHERE user_id = $1 AND reason <> 'user_deleted')",
+            user_id,
+        )
+        decisions = await conn.execute("DELETE FROM router.decisions WHERE user_id = $1 AND reason <> 'user_deleted'", user_id)
+    return {"trace_decisions": int(decisions.split()[-1]), "trace_deliveries": int(deliveries.split()[-1])}
+
+
+async def record_erasure_reports(*, conn: Any, reports: Sequence[Mapping[str, Any]]) -> None:
+    """Keep each service's first report of erasing a user (a redelivered erasure reports again, finding nothing more)."""
+    await conn.executemany(
+        """
+        INSERT INTO router.erasure_reports (user_id, service, erasure_id, erased, reported_at) VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (user_id, service) DO NOTHING
+        """,
+        [(r["user_id"], r["service"], r["erasure_id"], r["erased"], r["at"]) for r in reports],
     )
-    return int(decisions.split()[-1]) + int(deliveries.split()[-1])
+
+
+async def export(*, conn: Any, user_id: str) -> dict[str, Any]:
+    """What the router holds about a user: directory row, preferences, decision trace with its deliveries, erasure."""
+    async def rows(sql: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in await conn.fetch(sql, user_id)]
+
+    recipient = await rows("SELECT * FROM router.recipients WHERE user_id = $1")
+    erasure = await rows("SELECT * FROM router.erasures WHERE user_id = $1")
+    return {
+        "recipient": recipient[0] if recipient else None,
+        "preferences": await rows("SELECT category, channel, enabled, updated_at FROM router.preferences WHERE user_id = $1 ORDER BY category, channel"),
+        "decisions": await rows("SELECT * FROM router.decisions WHERE user_id = $1 ORDER BY decided_at, notification_id"),
+        "deliveries": await rows(
+            "SELECT d.* FROM router.deliveries d WHERE d.notification_id IN (SELECT notification_id FROM router.decisions WHERE user_id = $1)"
+            " ORDER BY d.at, d.notification_id, d.attempt"
+        ),
+        "erasure": erasure[0] if erasure else None,
+        "erasure_reports": await rows("SELECT service, erasure_id, erased, reported_at FROM router.erasure_reports WHERE user_id = $1 ORDER BY service"),
+    }
+
+
+async def erasure(*, conn: Any, user_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """A user's erasure request and the services' reports; None if none was requested."""
+    request = await conn.fetchrow("SELECT erasure_id, event_id, requested_at, created_at FROM router.erasures WHERE user_id = $1", user_id)
+    if request is None:
+        return None
+    reports = await conn.fetch("SELECT service, erasure_id, erased, reported_at FROM router.erasure_reports WHERE user_id = $1 ORDER BY service", user_id)
+    return dict(request), [dict(r) for r in reports]
 
 
 # ---------------------------------------------------------------------- broadcasts

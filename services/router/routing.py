@@ -22,7 +22,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.partitioner import murmur2
 
-from shared import CloudEvent, InvalidMessage, Outgoing, Resources, dead_letter, publish_many
+from shared import CloudEvent, Erasure, InvalidMessage, Outgoing, Resources, dead_letter, publish_many, utcnow
 from shared._kafka import kafka_options
 
 from . import logic, repo
@@ -147,6 +147,22 @@ class BatchRouter:
             log.debug("directory %s for user %s by %s", outcome, item.data["user_id"], item.event.type, extra=item.about)
         except InvalidMessage as exc:
             item.failed = exc
+            return
+        if item.event.type == "user.deleted":
+            await self.request_erasure(item, res)
+
+    async def request_erasure(self, item: Item, res: Resources) -> None:
+        """Ask every service to erase the user: recorded first (its id is kept), then published before the
+        batch is committed, so a crash in between publishes it again on redelivery."""
+        event, user_id = item.event, item.data["user_id"]
+        assert event is not None
+        async with res.pool.acquire() as conn:
+            row = await repo.request_erasure(
+                conn=conn, user_id=user_id, erasure_id=Erasure.id_for(event.source, event.id), event_id=event.id, requested_at=event.time or utcnow()
+            )
+        erasure = Erasure(user_id=user_id, **row)
+        await publish_many(res.broker, [Outgoing(self.settings.erasure_topic, erasure, key=user_id)])
+        log.info("erasure %s of user %s requested", erasure.erasure_id, user_id, extra=item.about)
 
     def collect(
         self,

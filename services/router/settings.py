@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from shared import HeraldSettings
+from shared import CommaList, HeraldSettings, split_commas
 
 from .catalogue import DEFAULT_PATH
 
@@ -22,6 +22,26 @@ class Settings(HeraldSettings):
     broadcast_poll_seconds: float = Field(default=5, gt=0)  # how often an idle walker looks for shards another instance wrote
     dispatch_linger_ms: int = Field(default=5, ge=0)  # how long the dispatch producer waits to fill a batch
     dispatch_max_batch_bytes: int = Field(default=512 * 1024, ge=16 * 1024)  # below the broker's message.max.bytes
+    # where GET /v1/recipients/{user_id}/export gathers the other services' parts: name=base URL each (docs/data.md)
+    export_services: CommaList = Field(
+        default=[f"{name}=http://127.0.0.1:{port}" for name, port in (("ingress", 8101), ("email", 8103), ("sms", 8104), ("push", 8105), ("inapp", 8106))]
+    )
+    export_timeout_seconds: float = Field(default=30, gt=0)
+    erasure_services: CommaList = Field(default=["ingress", "router", "email", "sms", "push", "inapp"])  # who must report an erasure done
+    _lists = field_validator("erasure_services", "export_services", mode="before")(split_commas)
+
+    @field_validator("export_services")
+    @classmethod
+    def _named_urls(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            name, sep, url = entry.partition("=")
+            if not sep or not name.strip() or not url.strip().startswith(("http://", "https://")):
+                raise ValueError(f"HERALD_EXPORT_SERVICES entry {entry!r} is not of the form name=http(s)://host:port")
+        return value
+
+    def export_urls(self) -> dict[str, str]:
+        """``export_services`` as {service: base URL}."""
+        return {name.strip(): url.strip().rstrip("/") for name, _, url in (e.partition("=") for e in self.export_services)}
     trace_retention_days: float = Field(default=30, gt=0)  # decision-trace rows older than this are pruned
-    trace_prune_interval_seconds: float = Field(default=600, gt=0)
+    broadcast_retention_days: float = Field(default=7, gt=0)  # a finished broadcast's shards are deleted this long after
     trace_page_max: int = Field(default=1000, ge=1)  # most trace items one request returns

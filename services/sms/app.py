@@ -13,11 +13,11 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from shared import MessageTemplates, RateLimiter, Resources, create_service
+from shared import MessageTemplates, RateLimiter, Resources, create_service, ledger_purge, retention
 
 from .api import api
 from .delivery import SmsDelivery
-from .handlers import build_routers
+from .handlers import build_routers, export
 from .providers.twilio import TwilioProvider
 from .repo import SmsLedger
 from .settings import Settings
@@ -37,9 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             provider=provider.name,
             twilio=provider,
             delivery=delivery,
-            limiter=RateLimiter(res.redis),
+            limiter=RateLimiter(res.redis_for("ratelimit")),
             codes=PendingCodes(
-                res.redis,
+                res.redis_for("codes"),
                 prefix=settings.sms_redis_prefix,
                 secret=settings.code_key(),
                 ttl=settings.verify_code_ttl_seconds,
@@ -56,5 +56,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Sends SMS through Twilio with exact per-user caps, takes delivery receipts, and verifies phone numbers.",
         kafka_routers=build_routers(settings, delivery),
         api=api,
-        hooks=[sms_resources],
+        export=export,
+        hooks=[sms_resources, retention(lambda: [ledger_purge("sms", days=settings.sms_ledger_retention_days)])],
     )

@@ -1,13 +1,22 @@
-"""Kafka subscribers of the sms service: the shared sender pipeline on notify.sms, its priority lane and retry.sms."""
+"""Kafka subscribers of the sms service: the shared sender pipeline on notify.sms, its priority lane and retry.sms,
+and the user erasures."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from faststream.kafka import KafkaRouter
 
-from shared import Channel, SenderPipeline
+from shared import Channel, Erasure, Resources, SenderPipeline, erasure_router, ledger_export
 
+from . import logic
 from .delivery import SmsDelivery
+from .providers.twilio import ProviderError
 from .settings import Settings
+
+
+#: Twilio's "Cannot delete message because it is in progress".
+IN_PROGRESS = 20009
 
 
 def build_routers(settings: Settings, delivery: SmsDelivery) -> list[KafkaRouter]:
@@ -20,4 +29,64 @@ def build_routers(settings: Settings, delivery: SmsDelivery) -> list[KafkaRouter
         retry_base_seconds=settings.sms_retry_base_seconds,
         retry_cap_seconds=settings.sms_retry_cap_seconds,
     )
-    return pipeline.routers()
+
+    async def erase(erasure: Erasure, res: Resources) -> dict[str, int]:
+        return await erase_user(erasure, res, delivery=delivery, settings=settings)
+
+    return [*pipeline.routers(), erasure_router(settings, "sms", erase, tombstones="sms")]
+
+
+async def export(user_id: str, res: Resources) -> dict[str, Any]:
+    """What the sms service holds about a user: ledger rows (with what each SMS cost) and a pending verification code's number."""
+    async with res.pool.acquire() as conn:
+        found = await ledger_export(conn, "sms", user_id)
+    codes = res.extra["codes"]
+    phone = await codes.redis.hget(codes.key(user_id), "phone")
+    ttl = await codes.redis.ttl(codes.key(user_id)) if phone else None
+    found["pending_verification"] = {"phone": phone.decode(), "expires_in_seconds": ttl} if phone else None
+    return found
+
+
+async def erase_user(erasure: Erasure, res: Resources, *, delivery: SmsDelivery, settings: Settings) -> dict[str, int]:
+    """The sms service's part of an erasure: the ledger keeps price, segments, country and the provider's
+    message id (accounting) but no error text; the user's caps, pending code and verification limits go
+    from Redis (the number's own limits too, when a pending code still names it)."""
+    user_id, prefix = erasure.user_id, settings.sms_redis_prefix
+    async with res.pool.acquire() as conn:
+        scrubbed = await delivery.ledger.erase(conn=conn, user_id=user_id)
+    codes = res.extra["codes"]
+    limits = [limit.key for limit in logic.cap_limits(prefix=prefix, user_id=user_id, critical=True, daily_cap=0, critical_cap=0)]
+    phone = await codes.redis.hget(codes.key(user_id), "phone")
+    number = phone.decode() if phone else ""  # unknown: the number's own limits expire on their own (docs/data.md)
+    limits += [limit.key for limit in logic.verification_limits(prefix=prefix, user_id=user_id, phone=number, max_requests=1, window=1, cooldown=1)]
+    removed = await res.redis_for("ratelimit").delete(*dict.fromkeys(limits))
+    removed += await codes.redis.delete(codes.key(user_id), *([codes.failures_key(number)] if number else []))
+    erased = {"ledger_errors": scrubbed, "redis_keys": int(removed)}
+    if settings.twilio_erasure != "keep":
+        erased.update(await erase_at_twilio(user_id, res, how=settings.twilio_erasure))
+    return erased
+
+
+async def erase_at_twilio(user_id: str, res: Resources, *, how: str) -> dict[str, int]:
+    """Delete (or redact) the user's messages at Twilio, by the SIDs the ledger kept. Twilio unreachable, 5xx or 429:
+    the erasure is handed back and tried again; a message still in progress is counted and left (docs/data.md)."""
+    async with res.pool.acquire() as conn:
+        sids = [r["provider_message_id"] for r in await conn.fetch(
+            "SELECT provider_message_id FROM sms.ledger WHERE user_id = $1 AND provider_message_id IS NOT NULL ORDER BY created_at", user_id
+        )]
+    provider = res.extra["twilio"]
+    done = gone = in_progress = 0
+    for sid in sids:
+        try:
+            if await provider.erase(sid, how=how):
+                done += 1
+            else:
+                gone += 1
+        except ProviderError as exc:
+            if exc.status is None or exc.status >= 500 or exc.status == 429:
+                raise ConnectionError(f"Twilio did not take the erasure of {sid}: {exc}") from None
+            if exc.code == IN_PROGRESS:
+                in_progress += 1
+                continue
+            raise
+    return {f"twilio_{'deleted' if how == 'delete' else 'redacted'}": done, "twilio_not_found": gone, "twilio_in_progress": in_progress}

@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from typing import Literal
 from collections.abc import Iterator
 
 from pydantic import Field, SecretStr, field_validator
@@ -25,6 +26,8 @@ class Settings(HeraldSettings):
     twilio_auth_token: SecretStr = SecretStr(DEV_TWILIO_TOKEN)
     twilio_from: str = "+15005550006"
     twilio_timeout_seconds: float = Field(default=10.0, gt=0)
+    # on a user's erasure, what happens to their messages' logs at Twilio (docs/data.md): kept, bodies redacted, or deleted
+    twilio_erasure: Literal["keep", "redact", "delete"] = "keep"
     twilio_status_callbacks: bool = True  # ask for delivery receipts at HERALD_PUBLIC_URL/v1/webhooks/twilio/status
 
     # retries (through retry.sms, then dlq)
@@ -49,6 +52,7 @@ class Settings(HeraldSettings):
     sms_provider_mps: int = Field(default=10, ge=1)  # messages per second to the provider, all instances together
     sms_throttle_wait_seconds: float = Field(default=5.0, ge=0)  # longest wait for a provider slot before retrying later
     sms_redis_prefix: str = "sms:"
+    sms_ledger_retention_days: float = Field(default=730, gt=0)  # the ledger is the cost record (no numbers in it): kept longer
 
     # phone verification
     verify_code_ttl_seconds: int = Field(default=600, ge=1)

@@ -58,6 +58,8 @@ async def test_a_running_service_reports_the_lag_of_its_own_groups(infra, namesp
     app = create_router(settings)
     assert sorted(watched_groups(app.state.resources.broker), key=lambda g: g.group) == [
         WatchedGroup(settings.group_id("router"), pattern=settings.domain_pattern()),
+        WatchedGroup(settings.group_id("router-erasure"), topics=(settings.erasure_topic,)),
+        WatchedGroup(settings.group_id("router-erasure-status"), topics=(settings.erasure_status_topic,)),
         WatchedGroup(settings.group_id("router-status"), topics=(settings.status_topic,)),
     ]
     async with running(app) as client:

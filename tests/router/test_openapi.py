@@ -25,13 +25,14 @@ CHECKS = [
 
 @pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
 def test_every_route_answers_generated_requests_without_a_server_error(infra):
-    service_settings = settings_for(Settings, infra, new_namespace())
+    # No other service runs here: the export gathers the router's own part only (an unreachable one is a 502 by design).
+    service_settings = settings_for(Settings, infra, new_namespace(), export_services=[])
     asyncio.run(make_topics(service_settings))
     app = create_app(service_settings)
     try:
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)
         operations = [r.ok() for r in schema.get_all_operations() if r.ok().path.startswith("/v1/")]
-        assert len(operations) == 8
+        assert len(operations) == 10
         reached: dict[str, set[int]] = {}
         for operation in operations:
             headers = bearer(service_settings, "u_openapi") if operation.path == "/v1/preferences" else api_key(service_settings)

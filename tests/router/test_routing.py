@@ -106,10 +106,11 @@ async def test_a_system_update_without_users_goes_to_every_user_not_deleted(rout
     assert by_channel(items, alive)["email"]["decision"] == "routed"
 
 
-async def test_domain_events_and_delivery_statuses_are_consumed_in_groups_of_their_own(router):
+async def test_domain_events_delivery_statuses_and_erasures_are_consumed_in_groups_of_their_own(router):
     assert isinstance(router.settings, Settings)
     groups = {s.group_id for s in router.app.state.resources.broker.subscribers}
-    assert groups == {router.settings.group_id("router"), router.settings.group_id("router-status")}
+    names = ("router", "router-status", "router-erasure", "router-erasure-status")
+    assert groups == {router.settings.group_id(name) for name in names}
 
 
 def _event(event_type: str, data: dict) -> dict:

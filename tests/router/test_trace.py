@@ -115,30 +115,3 @@ async def test_the_trace_is_for_services_only_and_says_when_there_is_none(router
     missing = await router.client.get("/v1/events/never-seen/trace", headers=router.key)
     assert missing.status_code == 404 and "never-seen" in missing.json()["detail"]
     assert (await router.client.get(f"/v1/users/{user}/trace", params={"since": "yesterday"}, headers=router.key)).status_code == 422
-
-
-async def test_trace_rows_past_their_retention_are_pruned(db):
-    import uuid
-    from datetime import timedelta
-
-    from services.router import repo
-
-    old, new = uuid.uuid4(), uuid.uuid4()
-    for nid, age in ((old, "40 days"), (new, "1 day")):
-        await db.execute(
-            "INSERT INTO router.decisions (notification_id, event_id, event_source, event_type, user_id, channel, decision, reason, decided_at) "
-            f"VALUES ($1, 'e-prune', 'tests', 'payout.paid', 'u', 'email', 'routed', 'routed', now() - interval '{age}')",
-            nid,
-        )
-        await db.execute(
-            "INSERT INTO router.deliveries (notification_id, status, attempt, event_id, user_id, channel, at) "
-            f"VALUES ($1, 'sent', 1, 'e-prune', 'u', 'email', now() - interval '{age}')",
-            nid,
-        )
-    pruned = 0
-    # A slice at a time, as the service's pruner does: other tests' old rows may fill the first slices.
-    while deleted := await repo.prune_trace(conn=db, older_than=timedelta(days=30), limit=1000):
-        pruned += deleted
-    assert pruned >= 2
-    assert [r["notification_id"] for r in await db.fetch("SELECT notification_id FROM router.decisions WHERE event_id = 'e-prune'")] == [new]
-    assert [r["notification_id"] for r in await db.fetch("SELECT notification_id FROM router.deliveries WHERE event_id = 'e-prune'")] == [new]

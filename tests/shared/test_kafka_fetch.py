@@ -37,6 +37,7 @@ def test_lanes_and_the_router_fetch_with_the_setting_and_background_consumers_wi
         "email:retry-critical": BACKGROUND_FETCH_MAX_WAIT_MS,
         "router:domain": 37,
         "router:status": BACKGROUND_FETCH_MAX_WAIT_MS,
+        "router:erasure-status": BACKGROUND_FETCH_MAX_WAIT_MS,
     }
 
 

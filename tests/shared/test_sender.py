@@ -40,16 +40,6 @@ class ScriptedProvider:
         return f"msg-{len(self.calls)}"
 
 
-@pytest.fixture
-async def ledger_schema(db):
-    schema = f"s{uuid.uuid4().hex[:8]}"
-    ddl = (open("services/inapp/migrations/001_inapp.sql").read().split("CREATE TABLE inapp.ledger")[1]).replace("inapp.", f"{schema}.")
-    expired = open("services/inapp/migrations/003_inapp_ledger_expired.sql").read().replace("inapp.", f"{schema}.")
-    await db.execute(f"CREATE SCHEMA {schema}; CREATE TABLE {schema}.ledger {ddl}; {expired}")
-    yield schema
-    await db.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
 class GatedProvider:
     """Holds every send until ``gate`` is set; records when each call started and ended."""
 

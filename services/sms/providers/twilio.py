@@ -72,10 +72,29 @@ class TwilioProvider:
     async def send(self, *, to: str, body: str) -> Accepted:
         """Hand one message to Twilio; raises ``ProviderError``."""
         extra = {"status_callback": self.callback} if self.callback else {}
+        message = await self._call(self.client.messages.create_async(to=to, from_=self.sender, body=body, **extra))
+        segments = int(message.num_segments) if message.num_segments not in (None, "") else None
+        return Accepted(sid=message.sid or "", status=str(message.status or ""), num_segments=segments)
+
+    async def erase(self, sid: str, *, how: str) -> bool:
+        """Erase one message's log at Twilio: ``delete`` it, or ``redact`` its body; False when Twilio has no such
+        message (already gone). Raises ``ProviderError`` (a message still in progress cannot be deleted: code 20009)."""
+        try:
+            if how == "delete":
+                return bool(await self._call(self.client.messages(sid).delete_async()))
+            await self._call(self.client.messages(sid).update_async(body=""))
+            return True
+        except ProviderError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    async def _call(self, request: Any) -> Any:
+        """Await one library call within the timeout, its failures as ``ProviderError``."""
         _retry_after.set(None)
         try:
             async with asyncio.timeout(self.timeout):
-                message = await self.client.messages.create_async(to=to, from_=self.sender, body=body, **extra)
+                return await request
         except TwilioServiceException as exc:
             raise ProviderError(exc.detail or exc.title, status=exc.status, code=exc.code, retry_after=_retry_after.get()) from None
         except TwilioRestException as exc:
@@ -85,8 +104,6 @@ class TwilioProvider:
             raise ProviderError(f"no answer within {self.timeout}s", status=None, code=None) from None
         except aiohttp.ClientError as exc:
             raise ProviderError(f"{type(exc).__name__}: {exc}", status=None, code=None) from None
-        segments = int(message.num_segments) if message.num_segments not in (None, "") else None
-        return Accepted(sid=message.sid or "", status=str(message.status or ""), num_segments=segments)
 
     async def close(self) -> None:
         await self.http.close()

@@ -1,0 +1,127 @@
+"""Erasure of a user in every service: the message each one reads, the report each one answers with.
+
+The router turns ``user.deleted`` into one :class:`Erasure` on the erasure topic. Every service
+consumes it in a consumer group of its own, records the user's tombstone where it keeps one
+(a sender then finishes any later dispatch to that user as ``suppressed`` / ``user_deleted``),
+erases what it holds about the user in its own schema and Redis keys, and says so with an
+:class:`ErasureReport` on the erasure status topic, which the router keeps for
+``GET /v1/erasures/{user_id}``. Erasing is idempotent: a redelivered erasure finds nothing
+more to remove and reports again.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
+
+from aiokafka import ConsumerRecord
+from faststream.kafka import KafkaRouter
+from faststream.kafka.annotations import KafkaMessage
+from pydantic import BaseModel, Field, ValidationError
+
+from ._app import KafkaResources, OutageBackoff, Resources
+from ._exceptions import describe, is_outage
+from ._kafka import Outgoing, dead_letter, publish_many, subscriber_options
+from ._models import NOTIFICATION_NAMESPACE, utcnow
+from ._settings import HeraldSettings
+
+log = logging.getLogger(__name__)
+
+
+class Erasure(BaseModel):
+    """Erase everything Herald holds about one user (router → every service, on the erasure topic)."""
+
+    erasure_id: uuid.UUID = Field(description="The same for every copy of one erasure request")
+    user_id: str = Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")
+    event_id: str = Field(description="The user.deleted event that asked for it")
+    requested_at: datetime = Field(description="The user.deleted event's time")
+
+    @staticmethod
+    def id_for(source: str, event_id: str) -> uuid.UUID:
+        return uuid.uuid5(NOTIFICATION_NAMESPACE, f"erasure|{source}|{event_id}")
+
+
+class ErasureReport(BaseModel):
+    """One service has erased a user (every service → router, on the erasure status topic)."""
+
+    erasure_id: uuid.UUID
+    user_id: str
+    service: str
+    erased: dict[str, int] = Field(default_factory=dict, description="What this copy removed or cleared, by store: rows or keys")
+    at: datetime = Field(default_factory=utcnow)
+
+
+#: A service's own erasure: removes what it holds about the user; returns counts by store.
+Erase = Callable[[Erasure, Resources], Awaitable[dict[str, int]]]
+
+
+async def record_tombstone(*, conn: object, schema: str, erasure: Erasure) -> None:
+    """Remember in ``schema`` that the user is erased (kept: it is what refuses later sends)."""
+    await conn.execute(  # type: ignore[attr-defined]
+        f"INSERT INTO {schema}.erasures (user_id, erasure_id, requested_at) VALUES ($1, $2, $3) ON CONFLICT (user_id) DO NOTHING",
+        erasure.user_id, erasure.erasure_id, erasure.requested_at,
+    )
+
+
+async def erased_users(*, conn: object, schema: str, user_ids: Iterable[str]) -> frozenset[str]:
+    """Which of ``user_ids`` have a tombstone in ``schema`` (one indexed lookup for a whole batch)."""
+    ids = list(dict.fromkeys(user_ids))
+    if not ids:
+        return frozenset()
+    rows = await conn.fetch(f"SELECT user_id FROM {schema}.erasures WHERE user_id = ANY($1::text[])", ids)  # type: ignore[attr-defined]
+    return frozenset(r["user_id"] for r in rows)
+
+
+def erasure_router(settings: HeraldSettings, service: str, erase: Erase, *, tombstones: str | None = None) -> KafkaRouter:
+    """The subscriber through which ``service`` applies erasures: ``tombstones`` names the schema whose
+    ``erasures`` table it records them in first (senders), then ``erase`` runs and the report is published."""
+    router = KafkaRouter()
+    outage = OutageBackoff(f"{service}-erasure", max_pause=settings.outage_backoff_max_seconds)
+
+    async def one(record: ConsumerRecord, res: Resources) -> list[Outgoing]:
+        try:
+            erasure = Erasure.model_validate_json(record.value or b"")
+        except ValidationError as exc:
+            res.metrics.dead_lettered.labels(f"{service}-erasure", "invalid_erasure").inc()
+            log.warning("invalid erasure at %s/%s@%s", record.topic, record.partition, record.offset)
+            return [dead_letter(settings, record, stage=f"{service}-erasure", reason="invalid_erasure", error=str(exc))]
+        try:
+            if tombstones is not None:
+                async with res.pool.acquire() as conn:
+                    await record_tombstone(conn=conn, schema=tombstones, erasure=erasure)
+            erased = await erase(erasure, res)
+        except Exception as exc:
+            if is_outage(exc):
+                raise  # the batch is handed back and tried again
+            log.error("erasure %s of user %s failed: %s", erasure.erasure_id, erasure.user_id, describe(exc))
+            res.metrics.erasures.labels("dead_lettered").inc()
+            res.metrics.dead_lettered.labels(f"{service}-erasure", "erasure_failed").inc()
+            return [dead_letter(settings, record, stage=f"{service}-erasure", reason="erasure_failed", error=describe(exc))]
+        res.metrics.erasures.labels("erased").inc()
+        for store, count in erased.items():
+            res.metrics.erased.labels(store).inc(count)
+        log.info("erased user %s (%s)", erasure.user_id, ", ".join(f"{k}: {v}" for k, v in erased.items()) or "nothing held")
+        report = ErasureReport(erasure_id=erasure.erasure_id, user_id=erasure.user_id, service=service, erased=erased)
+        return [Outgoing(settings.erasure_status_topic, report, key=erasure.user_id)]
+
+    async def on_erasure(_: None, msg: KafkaMessage, res: KafkaResources) -> None:
+        try:
+            out = [m for record in msg.raw_message for m in await one(record, res)]
+            await publish_many(res.broker, out)
+        except Exception as exc:
+            if is_outage(exc):
+                await outage.failed(res, exc)
+            raise
+        outage.ok(res)
+
+    on_erasure.__name__ = f"on_{service}_erasure"
+    router.subscriber(
+        settings.erasure_topic,
+        **subscriber_options(settings, f"{service}-erasure", background=True),
+        title=f"{service}:erasure",
+        description="Erase what this service holds about a user",
+    )(on_erasure)
+    router.publisher(settings.erasure_status_topic, title=f"{service}:writes:erasure-status", schema=ErasureReport, description="This service erased a user")
+    return router
