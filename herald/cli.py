@@ -277,8 +277,19 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    for topic in asyncio.run(create_topics(ToolSettings())):
+    """Create the missing topics and bring the others to their role's configuration (docs/data.md)."""
+    from shared._kafka import TopicConfigError, reconfigure_topics
+
+    settings = ToolSettings()
+    for topic in asyncio.run(create_topics(settings)):
         print(f"created {topic}")
+    try:
+        changed = asyncio.run(reconfigure_topics(settings))
+    except TopicConfigError as exc:
+        print(f"herald topics: {exc}", file=sys.stderr)
+        return 1
+    for topic in changed:
+        print(f"configured {topic}")
     return 0
 
 
@@ -392,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--external-kafka", action="store_true", help="use HERALD_KAFKA_BOOTSTRAP as it is, start no broker")
     run.set_defaults(func=cmd_run)
     sub.add_parser("migrate", help="create the database and apply every service's migrations").set_defaults(func=cmd_migrate)
-    sub.add_parser("topics", help="create every topic Herald uses").set_defaults(func=cmd_topics)
+    sub.add_parser("topics", help="create every topic Herald uses, and bring existing ones to their role's configuration").set_defaults(func=cmd_topics)
     schemas = sub.add_parser("schemas", help="regenerate schemas/ from the models and the services")
     schemas.add_argument("--check", action="store_true", help="fail if schemas/ is out of date instead of writing")
     schemas.set_defaults(func=cmd_schemas)

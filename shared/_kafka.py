@@ -11,7 +11,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import IncompatibleBrokerVersion, TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
@@ -162,22 +163,37 @@ def subscriber_options(settings: HeraldSettings, group: str, *, background: bool
     }
 
 
+def topic_roles(settings: HeraldSettings) -> dict[str, str]:
+    """Every topic Herald reads or writes, with its role (the key of its retention in ``topic_retention_hours``)."""
+    roles = {settings.area_topic(area): "domain" for area in domain_areas()}
+    for channel in Channel:
+        roles[settings.notify_topic(channel)] = "notify"
+        roles[settings.notify_topic(channel, critical=True)] = "notify"
+        roles.update(dict.fromkeys(settings.retry_topics(channel), "retry"))
+    roles[settings.status_topic] = "status"
+    roles[settings.dlq_topic] = "dlq"
+    roles[settings.erasure_topic] = "erasure"
+    roles[settings.erasure_status_topic] = "erasure_status"
+    return roles
+
+
 def all_topics(settings: HeraldSettings) -> list[str]:
     """Every topic Herald reads or writes, for ``herald topics``."""
-    topics = [settings.area_topic(area) for area in domain_areas()]
-    for channel in Channel:
-        topics += [
-            settings.notify_topic(channel),
-            settings.notify_topic(channel, critical=True),
-            *settings.retry_topics(channel),
-        ]
-    topics += [settings.status_topic, settings.dlq_topic, settings.erasure_topic, settings.erasure_status_topic]
-    return topics
+    return list(topic_roles(settings))
+
+
+def topic_config(settings: HeraldSettings, role: str) -> dict[str, str]:
+    """The configuration a topic of ``role`` is created with, and brought back to by ``herald topics``."""
+    config = {"cleanup.policy": "delete", "retention.ms": str(int(settings.topic_retention_table()[role] * 3_600_000))}
+    if settings.kafka_min_insync_replicas:
+        config["min.insync.replicas"] = str(settings.kafka_min_insync_replicas)
+    return config
 
 
 async def create_topics(settings: HeraldSettings, topics: Iterable[str] | None = None) -> list[str]:
-    """Create the topics that do not exist yet; return the ones created."""
-    wanted = list(topics if topics is not None else all_topics(settings))
+    """Create the topics that do not exist yet, configured for their role; return the ones created."""
+    roles = topic_roles(settings)
+    wanted = list(topics if topics is not None else roles)
     admin = AIOKafkaAdminClient(**kafka_options(settings), client_id="herald-admin")
     await admin.start()
     try:
@@ -187,7 +203,12 @@ async def create_topics(settings: HeraldSettings, topics: Iterable[str] | None =
             try:
                 await admin.create_topics(
                     [
-                        NewTopic(t, num_partitions=settings.kafka_partitions, replication_factor=settings.kafka_replication_factor)
+                        NewTopic(
+                            t,
+                            num_partitions=settings.kafka_partitions,
+                            replication_factor=settings.kafka_replication_factor,
+                            topic_configs=topic_config(settings, roles[t]) if t in roles else {},
+                        )
                         for t in missing
                     ]
                 )
@@ -196,6 +217,49 @@ async def create_topics(settings: HeraldSettings, topics: Iterable[str] | None =
         return missing
     finally:
         await admin.close()
+
+
+async def reconfigure_topics(settings: HeraldSettings) -> list[str]:
+    """Bring Herald's existing topics to their role's configuration (``herald topics``); the ones changed.
+
+    Only topics whose configuration differs are altered. A broker that cannot change a topic's
+    configuration (no AlterConfigs, like the embedded one) raises ``TopicConfigError`` naming them.
+    """
+    roles = topic_roles(settings)
+    admin = AIOKafkaAdminClient(**kafka_options(settings), client_id="herald-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        return await configure_topics(admin, settings, [t for t in roles if t in existing], roles)
+    finally:
+        await admin.close()
+
+
+async def configure_topics(admin: AIOKafkaAdminClient, settings: HeraldSettings, topics: Sequence[str], roles: dict[str, str]) -> list[str]:
+    if not topics:
+        return []
+    described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])
+    current: dict[str, dict[str, str]] = {}
+    for response in described:
+        for error_code, error_message, _type, name, entries in response.resources:
+            if error_code:
+                raise TopicConfigError(f"describing {name}: error {error_code} {error_message or ''}".strip())
+            current[name] = {entry[0]: entry[1] for entry in entries}
+    changed = [t for t in topics if any(current.get(t, {}).get(k) != v for k, v in topic_config(settings, roles[t]).items())]
+    if changed:
+        try:
+            answers = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t, topic_config(settings, roles[t])) for t in changed])
+        except IncompatibleBrokerVersion:
+            raise TopicConfigError(f"this broker cannot change a topic's configuration (no AlterConfigs); these differ: {', '.join(changed)}") from None
+        for answer in answers:
+            for error_code, error_message, _type, name in answer.resources:
+                if error_code:
+                    raise TopicConfigError(f"configuring {name}: error {error_code} {error_message or ''}".strip())
+    return changed
+
+
+class TopicConfigError(Exception):
+    """The broker refused to describe or change a topic's configuration."""
 
 
 @dataclass(frozen=True)

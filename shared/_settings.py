@@ -122,6 +122,9 @@ class HeraldSettings(BaseSettings):
     topic_dlq: str = "dlq"
     topic_erasure: str = "erasure"  # a user's erasure, read by every service (docs/data.md)
     topic_erasure_status: str = "erasure.status"  # each service's report that it erased a user, read by the router
+    # how long each role's topics keep records (docs/data.md): personal data in a topic goes when its retention passes it
+    topic_retention_hours: CommaList = ["domain=168", "notify=168", "retry=168", "status=72", "dlq=720", "erasure=720", "erasure_status=720"]
+    kafka_min_insync_replicas: int | None = Field(default=None, ge=1)  # per topic (unset: the cluster's default); with replication 3, use 2
 
     # retention (docs/data.md): how often each service deletes what is past its age, and how many rows per statement
     retention_interval_seconds: float = Field(default=600, gt=0)
@@ -180,7 +183,8 @@ class HeraldSettings(BaseSettings):
     drain_timeout_seconds: float = Field(default=30.0, ge=0)  # on SIGTERM, how long in-flight messages may take to finish
 
     @field_validator(
-        "retry_tiers", "link_hosts", "jwt_jwks_algorithms", "public_rate_limits", "public_user_rate_limits", "body_limits", mode="before"
+        "retry_tiers", "link_hosts", "jwt_jwks_algorithms", "public_rate_limits", "public_user_rate_limits", "body_limits", "topic_retention_hours",
+        mode="before",
     )
     @classmethod
     def _split_lists(cls, value: object) -> object:
@@ -236,6 +240,16 @@ class HeraldSettings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _retention_holds_a_retry(self) -> HeraldSettings:
+        hours = self.topic_retention_table()  # refuses a malformed or incomplete table
+        if hours["retry"] * 3600 < 2 * max(self.retry_tiers_seconds):
+            raise ValueError(
+                f"HERALD_TOPIC_RETENTION_HOURS retry={hours['retry']:g} would delete retries before they are due:"
+                f" keep them at least twice the longest of HERALD_RETRY_TIERS ({max(self.retry_tiers_seconds)} s)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> HeraldSettings:
@@ -355,6 +369,19 @@ class HeraldSettings(BaseSettings):
     def erasure_status_topic(self) -> str:
         return f"{self.kafka_topic_namespace}{self.topic_erasure_status}"
 
+    def topic_retention_table(self) -> dict[str, float]:
+        """``topic_retention_hours`` as {role: hours}, every role present."""
+        table: dict[str, float] = {}
+        for entry in self.topic_retention_hours:
+            role, sep, hours = entry.partition("=")
+            if not sep or role.strip() not in TOPIC_ROLES:
+                raise ValueError(f"HERALD_TOPIC_RETENTION_HOURS entry {entry!r} is not role=hours with a role of {', '.join(TOPIC_ROLES)}")
+            table[role.strip()] = float(hours)
+        missing = [r for r in TOPIC_ROLES if r not in table]
+        if missing:
+            raise ValueError(f"HERALD_TOPIC_RETENTION_HOURS has no retention for {', '.join(missing)}")
+        return table
+
     def redis_url_for(self, role: str) -> str:
         """The Redis URL of ``role`` (one of ``REDIS_ROLES``, or ``main``)."""
         return (getattr(self, f"redis_{role}_url") if role in REDIS_ROLES else None) or self.redis_url
@@ -366,6 +393,9 @@ class HeraldSettings(BaseSettings):
     def group_id(self, name: str) -> str:
         return f"{self.kafka_group_prefix}-{name}"
 
+
+#: The kinds of topic, each with its own retention (``topic_retention_hours``).
+TOPIC_ROLES = ("domain", "notify", "retry", "status", "dlq", "erasure", "erasure_status")
 
 #: What Herald keeps in Redis besides the main URL's (pub/sub, stream tokens, operator controls), each with its own URL setting.
 REDIS_ROLES = ("dedupe", "ratelimit", "cache", "codes")
