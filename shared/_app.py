@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from ._db import create_pool
+from ._exceptions import is_outage
 from ._kafka import kafka_options, make_broker, start_broker
 from ._lag import consumer_lag
 from ._limits import BodyLimit, body_limits
@@ -76,6 +77,17 @@ class OutageBackoff:
         log.warning("%s: a dependency is down (%s); batch handed back, trying again in %.1fs", self.name, exc, pause)
         await asyncio.sleep(pause)
         return pause
+
+    @contextlib.asynccontextmanager
+    async def watching(self, res: Resources) -> AsyncIterator[None]:
+        """Around a batch: an outage inside waits (``failed``) and re-raises, so the batch is handed back; a clean exit is ``ok``."""
+        try:
+            yield
+        except Exception as exc:
+            if is_outage(exc):
+                await self.failed(res, exc)
+            raise
+        self.ok(res)
 
     def ok(self, res: Resources) -> None:
         if self.failures:

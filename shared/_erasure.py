@@ -107,14 +107,9 @@ def erasure_router(settings: HeraldSettings, service: str, erase: Erase, *, tomb
         return [Outgoing(settings.erasure_status_topic, report, key=erasure.user_id)]
 
     async def on_erasure(_: None, msg: KafkaMessage, res: KafkaResources) -> None:
-        try:
+        async with outage.watching(res):
             out = [m for record in msg.raw_message for m in await one(record, res)]
             await publish_many(res.broker, out)
-        except Exception as exc:
-            if is_outage(exc):
-                await outage.failed(res, exc)
-            raise
-        outage.ok(res)
 
     on_erasure.__name__ = f"on_{service}_erasure"
     router.subscriber(

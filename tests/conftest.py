@@ -16,7 +16,7 @@ from herald import infra as local
 from herald.cli import fresh_database
 
 from . import support
-from .support import Infra, new_namespace, test_id
+from .support import Infra, new_namespace, sender_schema_ddl, test_id
 
 # The suite runs as the `test` environment, chosen here (the default is production); tests of the default unset it.
 os.environ["HERALD_ENVIRONMENT"] = "test"
@@ -151,3 +151,14 @@ async def redis_client(infra: Infra) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(infra.redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def ledger_schema(db):
+    """A scratch schema holding a sender's ledger and erasure tombstones (the DDL every sender schema uses)."""
+    import uuid
+
+    schema = f"s{uuid.uuid4().hex[:8]}"
+    await db.execute(sender_schema_ddl(schema))
+    yield schema
+    await db.execute(f"DROP SCHEMA {schema} CASCADE")

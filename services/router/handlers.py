@@ -10,7 +10,7 @@ from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 
-from shared import DeliveryStatus, Erasure, ErasureReport, KafkaResources, Outgoing, OutageBackoff, Resources, dead_letter, is_outage, publish_many, subscriber_options
+from shared import DeliveryStatus, Erasure, ErasureReport, KafkaResources, Outgoing, OutageBackoff, Resources, dead_letter, publish_many, subscriber_options
 
 from . import repo
 from .catalogue import Catalogue
@@ -33,27 +33,17 @@ def build_router(settings: Settings, catalogue: Catalogue) -> KafkaRouter:
         title="router:domain",
     )
     async def on_domain_events(_: None, msg: KafkaMessage, res: KafkaResources) -> None:
-        try:
+        async with routing_outage.watching(res):  # PostgreSQL or Redis down: wait, then hand the batch back (not committed)
             await batches.handle(list(msg.raw_message), res)
-        except Exception as exc:
-            if is_outage(exc):  # PostgreSQL or Redis down: wait, then hand the batch back (not committed)
-                await routing_outage.failed(res, exc)
-            raise
-        routing_outage.ok(res)
 
     @router.subscriber(settings.status_topic, **subscriber_options(settings, "router-status", background=True), title="router:status")
     async def on_delivery_statuses(_: None, msg: KafkaMessage, res: KafkaResources) -> None:
         rows, dead = statuses_of(list(msg.raw_message), res, settings)
-        try:
+        async with status_outage.watching(res):
             if rows:
                 async with res.pool.acquire() as conn:
                     await repo.record_deliveries(conn=conn, rows=rows)
             await publish_many(res.broker, dead)
-        except Exception as exc:
-            if is_outage(exc):
-                await status_outage.failed(res, exc)
-            raise
-        status_outage.ok(res)
 
     erasure_outage = OutageBackoff("router-erasure-status", max_pause=settings.outage_backoff_max_seconds)
 
@@ -69,16 +59,11 @@ def build_router(settings: Settings, catalogue: Catalogue) -> KafkaRouter:
             except ValidationError as exc:
                 res.metrics.dead_lettered.labels("router-erasure-status", "invalid_erasure_report").inc()
                 dead.append(dead_letter(settings, record, stage="router-erasure-status", reason="invalid_erasure_report", error=str(exc)))
-        try:
+        async with erasure_outage.watching(res):
             if reports:
                 async with res.pool.acquire() as conn:
                     await repo.record_erasure_reports(conn=conn, reports=reports)
             await publish_many(res.broker, dead)
-        except Exception as exc:
-            if is_outage(exc):
-                await erasure_outage.failed(res, exc)
-            raise
-        erasure_outage.ok(res)
 
     return router
 

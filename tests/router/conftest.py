@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from services.router.app import create_app
 from services.router.settings import Settings
 
-from ..support import Infra, api_key, cloud_event, eventually, make_topics, produce, running, sender_schema_ddl, settings_for
+from ..support import Infra, api_key, cloud_event, eventually, make_topics, produce, running, settings_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,12 +70,3 @@ async def router(infra, namespace):
     app = create_app(settings)
     async with running(app) as client:
         yield Harness(infra, settings, client, app)
-
-
-@pytest.fixture
-async def ledger_schema(db):
-    """A scratch schema holding a sender ledger table (the DDL every sender schema uses)."""
-    schema = f"s{uuid.uuid4().hex[:8]}"
-    await db.execute(sender_schema_ddl(schema))
-    yield schema
-    await db.execute(f"DROP SCHEMA {schema} CASCADE")
