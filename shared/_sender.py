@@ -555,11 +555,16 @@ class SenderPipeline:
         self._outages.ok(res)
 
     async def erased(self, res: Resources, dispatches: Sequence[Dispatch]) -> frozenset[str]:
-        """The recipients of ``dispatches`` who were erased (the channel's tombstones): one lookup per batch."""
-        if not dispatches:
+        """The recipients of ``dispatches`` who were erased (the channel's tombstones): one lookup per batch.
+
+        An id PostgreSQL cannot hold (a NUL) can have no tombstone and is left out, so it cannot fail the
+        lookup for the whole batch: its record is dead-lettered at its claim, alone.
+        """
+        user_ids = [d.recipient.user_id for d in dispatches if "\x00" not in d.recipient.user_id]
+        if not user_ids:
             return frozenset()
         async with res.pool.acquire() as conn:
-            return await erased_users(conn=conn, schema=self.ledger.schema, user_ids=(d.recipient.user_id for d in dispatches))
+            return await erased_users(conn=conn, schema=self.ledger.schema, user_ids=user_ids)
 
     def parse(self, record: ConsumerRecord, res: Resources) -> Dispatch | list[Outgoing]:
         """The dispatch a record holds, or the dead letter of one that holds none."""

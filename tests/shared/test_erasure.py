@@ -42,6 +42,22 @@ async def test_a_dispatch_to_an_erased_user_is_suppressed_wherever_it_comes_from
     assert sorted(r["status"] for r in rows) == ["suppressed"] * 3
 
 
+async def test_a_recipient_id_postgresql_cannot_hold_is_dead_lettered_alone_and_the_batch_goes_on(infra, namespace, ledger_schema):
+    settings = settings_for(HeraldSettings, infra, namespace, service_name="test-sender")
+    await make_topics(settings)
+    provider = ScriptedProvider()
+    app = create_service(settings, title="sender", kafka_routers=SenderPipeline(settings, Channel.inapp, provider, ledger=Ledger(ledger_schema)).routers())
+    poison, fine = dispatch(recipient={"user_id": "nul\x00id"}), dispatch(recipient={"user_id": "fine"})
+    async with running(app), TopicReader(infra.kafka_bootstrap, settings.dlq_topic) as dlq:
+        for d in (poison, fine):  # one key: one partition, one batch
+            await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=b"same")
+        found = await statuses(infra, settings, 2, final=True)
+        [dead] = await dlq.wait_for(1, timeout=30)
+    assert provider.calls == [fine.notification_id]
+    assert {s["notification_id"]: s["status"] for s in found}[str(fine.notification_id)] == "sent"
+    assert dict(dead.headers)["herald-reason"] == b"unclaimable"
+
+
 @pytest.fixture
 def eraser(infra, namespace, ledger_schema):
     async def start(erase):
