@@ -7,6 +7,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from shared import rows
+
 from .logic import Directory
 
 _RECIPIENT_COLUMNS = "user_id, email, phone, phone_verified_at, locale, timezone, deleted_at"
@@ -266,21 +268,20 @@ async def record_erasure_reports(*, conn: Any, reports: Sequence[Mapping[str, An
 
 async def export(*, conn: Any, user_id: str) -> dict[str, Any]:
     """What the router holds about a user: directory row, preferences, decision trace with its deliveries, erasure."""
-    async def rows(sql: str) -> list[dict[str, Any]]:
-        return [dict(r) for r in await conn.fetch(sql, user_id)]
-
-    recipient = await rows("SELECT * FROM router.recipients WHERE user_id = $1")
-    erasure = await rows("SELECT * FROM router.erasures WHERE user_id = $1")
+    recipient = await rows(conn, "SELECT * FROM router.recipients WHERE user_id = $1", user_id)
+    erasure = await rows(conn, "SELECT * FROM router.erasures WHERE user_id = $1", user_id)
     return {
         "recipient": recipient[0] if recipient else None,
-        "preferences": await rows("SELECT category, channel, enabled, updated_at FROM router.preferences WHERE user_id = $1 ORDER BY category, channel"),
-        "decisions": await rows("SELECT * FROM router.decisions WHERE user_id = $1 ORDER BY decided_at, notification_id"),
+        "preferences": await rows(conn, "SELECT category, channel, enabled, updated_at FROM router.preferences WHERE user_id = $1 ORDER BY category, channel", user_id),
+        "decisions": await rows(conn, "SELECT * FROM router.decisions WHERE user_id = $1 ORDER BY decided_at, notification_id", user_id),
         "deliveries": await rows(
+            conn,
             "SELECT d.* FROM router.deliveries d WHERE d.notification_id IN (SELECT notification_id FROM router.decisions WHERE user_id = $1)"
-            " ORDER BY d.at, d.notification_id, d.attempt"
+            " ORDER BY d.at, d.notification_id, d.attempt",
+            user_id,
         ),
         "erasure": erasure[0] if erasure else None,
-        "erasure_reports": await rows("SELECT service, erasure_id, erased, reported_at FROM router.erasure_reports WHERE user_id = $1 ORDER BY service"),
+        "erasure_reports": await rows(conn, "SELECT service, erasure_id, erased, reported_at FROM router.erasure_reports WHERE user_id = $1 ORDER BY service", user_id),
     }
 
 
