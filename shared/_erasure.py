@@ -11,10 +11,13 @@ more to remove and reports again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaRouter
@@ -53,6 +56,10 @@ class ErasureReport(BaseModel):
     at: datetime = Field(default_factory=utcnow)
 
 
+#: Erasures handled per batch: each may wait for deliveries in flight and call a provider, and a batch
+#: must finish within the consumer's poll interval.
+ERASURE_BATCH = 20
+
 #: A service's own erasure: removes what it holds about the user; returns counts by store.
 Erase = Callable[[Erasure, Resources], Awaitable[dict[str, int]]]
 
@@ -65,6 +72,31 @@ async def record_tombstone(*, conn: object, schema: str, erasure: Erasure) -> No
     )
 
 
+async def fence(*, conn: Any, schema: str, erasure: Erasure, lease: timedelta, timeout: float) -> int:
+    """Record ``erasure``'s tombstone in a sender's ``schema`` so that no delivery to its user starts after
+    it, then wait (up to ``timeout`` seconds) for those in flight; how many were still claimed when it gave up.
+
+    The tombstone goes in while the ledger is locked against writes (SHARE mode, held for one insert):
+    every claim statement already running commits first, and every later one reads the tombstone (a
+    claim reads it in its own statement, ``Ledger.claim``). A claim made before it is then waited for
+    while its lease is live, so what the erasure removes next is not written again by a send that was
+    under way, and the provider ids it reads are all there.
+    """
+    async with conn.transaction():
+        await conn.execute(f"LOCK TABLE {schema}.ledger IN SHARE MODE")
+        await record_tombstone(conn=conn, schema=schema, erasure=erasure)
+    deadline = time.monotonic() + timeout
+    while True:
+        live = await conn.fetchval(
+            f"SELECT count(*) FROM {schema}.ledger WHERE user_id = $1 AND status = 'claimed' AND claimed_at > now() - $2::interval",
+            erasure.user_id,
+            lease,
+        )
+        if not live or time.monotonic() >= deadline:
+            return int(live)
+        await asyncio.sleep(0.1)
+
+
 async def erased_users(*, conn: object, schema: str, user_ids: Iterable[str]) -> frozenset[str]:
     """Which of ``user_ids`` have a tombstone in ``schema`` (one indexed lookup for a whole batch)."""
     ids = list(dict.fromkeys(user_ids))
@@ -75,10 +107,11 @@ async def erased_users(*, conn: object, schema: str, user_ids: Iterable[str]) ->
 
 
 def erasure_router(settings: HeraldSettings, service: str, erase: Erase, *, tombstones: str | None = None) -> KafkaRouter:
-    """The subscriber through which ``service`` applies erasures: ``tombstones`` names the schema whose
-    ``erasures`` table it records them in first (senders), then ``erase`` runs and the report is published."""
+    """The subscriber through which ``service`` applies erasures: ``tombstones`` names the sender schema whose
+    ``erasures`` table it records them in first (:func:`fence`), then ``erase`` runs and the report is published."""
     router = KafkaRouter()
     outage = OutageBackoff(f"{service}-erasure", max_pause=settings.outage_backoff_max_seconds)
+    lease = timedelta(seconds=settings.delivery_lease_seconds)
 
     async def one(record: ConsumerRecord, res: Resources) -> list[Outgoing]:
         try:
@@ -90,7 +123,9 @@ def erasure_router(settings: HeraldSettings, service: str, erase: Erase, *, tomb
         try:
             if tombstones is not None:
                 async with res.pool.acquire() as conn:
-                    await record_tombstone(conn=conn, schema=tombstones, erasure=erasure)
+                    live = await fence(conn=conn, schema=tombstones, erasure=erasure, lease=lease, timeout=lease.total_seconds() + 5)
+                if live:
+                    log.warning("erasure of user %s goes on with %d deliveries still claimed past their lease", erasure.user_id, live)
             erased = await erase(erasure, res)
         except Exception as exc:
             if is_outage(exc):
@@ -114,7 +149,7 @@ def erasure_router(settings: HeraldSettings, service: str, erase: Erase, *, tomb
     on_erasure.__name__ = f"on_{service}_erasure"
     router.subscriber(
         settings.erasure_topic,
-        **subscriber_options(settings, f"{service}-erasure", background=True),
+        **{**subscriber_options(settings, f"{service}-erasure", background=True), "max_records": ERASURE_BATCH},
         title=f"{service}:erasure",
         description="Erase what this service holds about a user",
     )(on_erasure)

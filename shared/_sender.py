@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import ConsumerRecord, TopicPartition
 from faststream.kafka import KafkaRouter
@@ -43,7 +43,6 @@ from pydantic import ValidationError
 
 from ._app import KafkaResources, OutageBackoff, Resources
 from ._breaker import ChannelGate, GateState, hold_key, resume_key
-from ._erasure import erased_users
 from ._exceptions import Misconfigured, PermanentError, Suppressed, TransientError, describe, is_outage, patiently
 from ._kafka import Outgoing, dead_letter, header, publish_many, subscriber_options
 from ._logging import event_id_var, mask_text, notification_id_var
@@ -81,6 +80,14 @@ def delay_tier(delay: float, tiers: Sequence[int]) -> int:
     return max(fitting) if fitting else min(tiers)
 
 
+class Claimed(NamedTuple):
+    """A delivery claimed in the ledger: the attempt number, the claim time, whether its user was erased by then."""
+
+    attempts: int
+    claimed_at: datetime
+    erased: bool
+
+
 @dataclass(frozen=True)
 class LedgerRow:
     status: str  # a DeliveryState's value, or "claimed" (in flight)
@@ -103,16 +110,24 @@ class Ledger:
         status = await conn.execute(f"UPDATE {self.table} SET error = NULL, updated_at = now() WHERE user_id = $1 AND error IS NOT NULL", user_id)
         return int(status.split()[-1])
 
-    async def claim(self, *, conn: Any, dispatch: Dispatch, target: str = "") -> int | None:
-        """Claim a delivery before the provider call; the attempt number, or None if it is not ours to send."""
-        return await conn.fetchval(
+    def _erased(self, alias: str = "l") -> str:
+        """SQL: the claimed row's user has a tombstone (read in the claim's own statement, see ``fence``)."""
+        return f"EXISTS (SELECT 1 FROM {self.schema}.erasures e WHERE e.user_id = {alias}.user_id)"
+
+    async def claim(self, *, conn: Any, dispatch: Dispatch, target: str = "") -> Claimed | None:
+        """Claim a delivery before the provider call; None if it is not ours to send.
+
+        The claim says whether the user was erased, read in the same statement: an erasure that committed
+        before it is seen here, and one that had not yet committed waits for the claim (``shared._erasure.fence``).
+        """
+        row = await conn.fetchrow(
             f"""
             INSERT INTO {self.table} AS l (notification_id, target, event_id, event_type, user_id, status, attempts, claimed_at)
             VALUES ($1, $2, $3, $4, $5, 'claimed', 1, now())
             ON CONFLICT (notification_id, target) DO UPDATE
                SET status = 'claimed', attempts = l.attempts + 1, claimed_at = now(), updated_at = now()
              WHERE l.status IN ('retrying', 'dead_lettered') OR (l.status = 'claimed' AND l.claimed_at < now() - $6::interval)
-            RETURNING attempts
+            RETURNING attempts, claimed_at, {self._erased()} AS erased
             """,
             dispatch.notification_id,
             target,
@@ -121,9 +136,10 @@ class Ledger:
             dispatch.recipient.user_id,
             self.lease,
         )
+        return None if row is None else Claimed(row["attempts"], row["claimed_at"], row["erased"])
 
-    async def claim_many(self, *, conn: Any, dispatches: Sequence[Dispatch]) -> dict[uuid.UUID, tuple[int, datetime]]:
-        """``claim`` for several notifications (distinct ids) in one statement: the attempt number and claim time of each one claimed.
+    async def claim_many(self, *, conn: Any, dispatches: Sequence[Dispatch]) -> dict[uuid.UUID, Claimed]:
+        """``claim`` for several notifications (distinct ids) in one statement: the claim of each one claimed.
 
         Rows are taken in id order, so two such statements over the same ids (two lanes, two instances) wait for each other rather than deadlock.
         """
@@ -135,7 +151,7 @@ class Ledger:
             ON CONFLICT (notification_id, target) DO UPDATE
                SET status = 'claimed', attempts = l.attempts + 1, claimed_at = now(), updated_at = now()
              WHERE l.status IN ('retrying', 'dead_lettered') OR (l.status = 'claimed' AND l.claimed_at < now() - $5::interval)
-            RETURNING notification_id, attempts, claimed_at
+            RETURNING notification_id, attempts, claimed_at, {self._erased()} AS erased
             """,
             [d.notification_id for d in ordered],
             [d.event_id for d in ordered],
@@ -143,7 +159,7 @@ class Ledger:
             [d.recipient.user_id for d in ordered],
             self.lease,
         )
-        return {row["notification_id"]: (row["attempts"], row["claimed_at"]) for row in rows}
+        return {row["notification_id"]: Claimed(row["attempts"], row["claimed_at"], row["erased"]) for row in rows}
 
     async def renew(self, *, conn: Any, notification_id: Any, claimed_at: datetime) -> bool:
         """Start the lease of a claim made at ``claimed_at`` again; False when it is no longer that claim (taken over after its lease)."""
@@ -235,10 +251,11 @@ _CLAIM_ALONE: Any = object()
 
 @dataclass(frozen=True)
 class BatchClaim:
-    """A claim made for a record by its batch: the attempt number, the ledger's claim time, and when (monotonic) it was made."""
+    """A claim made for a record by its batch: the attempt number, the ledger's claim time, whether its user was erased, and when (monotonic) it was made."""
 
     attempts: int
     claimed_at: datetime
+    erased: bool
     made: float
 
 
@@ -512,13 +529,6 @@ class SenderPipeline:
         limit = asyncio.Semaphore(self.settings.concurrency)
         parsed = [self.parse(record, res) for record in records]
         dispatches = [d for d in parsed if isinstance(d, Dispatch)]
-        try:
-            erased = await self.erased(res, dispatches)
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
-            await self._outages.failed(res, exc)
-            raise Outage(str(exc)) from exc
         claims = BatchClaims(self, res, dispatches, size=self.settings.concurrency)
 
         async def one(record: ConsumerRecord, item: Dispatch | list[Outgoing]) -> list[Outgoing]:
@@ -526,7 +536,7 @@ class SenderPipeline:
                 return item
             async with limit:
                 try:
-                    return await self.handle_dispatch(item, res, lane=lane, record=record, claims=claims, erased=erased)
+                    return await self.handle_dispatch(item, res, lane=lane, record=record, claims=claims)
                 except Exception as exc:
                     if is_outage(exc):
                         raise
@@ -554,18 +564,6 @@ class SenderPipeline:
             raise Outage(str(outages[0])) from outages[0]
         self._outages.ok(res)
 
-    async def erased(self, res: Resources, dispatches: Sequence[Dispatch]) -> frozenset[str]:
-        """The recipients of ``dispatches`` who were erased (the channel's tombstones): one lookup per batch.
-
-        An id PostgreSQL cannot hold (a NUL) can have no tombstone and is left out, so it cannot fail the
-        lookup for the whole batch: its record is dead-lettered at its claim, alone.
-        """
-        user_ids = [d.recipient.user_id for d in dispatches if "\x00" not in d.recipient.user_id]
-        if not user_ids:
-            return frozenset()
-        async with res.pool.acquire() as conn:
-            return await erased_users(conn=conn, schema=self.ledger.schema, user_ids=user_ids)
-
     def parse(self, record: ConsumerRecord, res: Resources) -> Dispatch | list[Outgoing]:
         """The dispatch a record holds, or the dead letter of one that holds none."""
         try:
@@ -583,17 +581,14 @@ class SenderPipeline:
         lane: str,
         record: ConsumerRecord | None = None,
         claims: BatchClaims | None = None,
-        erased: frozenset[str] | None = None,
     ) -> list[Outgoing]:
-        """Finish one dispatch; ``erased``: the batch's erased recipients (looked up here when not given)."""
+        """Finish one dispatch."""
         event_id_var.set(dispatch.event_id)
         notification_id_var.set(str(dispatch.notification_id))
         fresh = dispatch.attempt == 1 and dispatch.not_before is None and dispatch.retry_from is None  # not a retry, delay or replay
         if fresh and dispatch.created_at.tzinfo is not None:
             res.metrics.hops.labels("queue", self.channel.value).observe(max((self.clock() - dispatch.created_at).total_seconds(), 0.0))
-        if erased is None:
-            erased = await self.erased(res, [dispatch])
-        return await self.process(dispatch, res, lane=lane, record=record, claims=claims, erased=dispatch.recipient.user_id in erased)
+        return await self.process(dispatch, res, lane=lane, record=record, claims=claims)
 
     async def process(
         self,
@@ -603,7 +598,6 @@ class SenderPipeline:
         lane: str,
         record: ConsumerRecord | None = None,
         claims: BatchClaims | None = None,
-        erased: bool = False,
     ) -> list[Outgoing]:
         """Claim, deliver and record one dispatch; a copy of one in flight here waits for its outcome."""
         nid = dispatch.notification_id
@@ -638,8 +632,9 @@ class SenderPipeline:
                     return self._dead_letter_unclaimable(dispatch, res, exc)
             if claimed is None:
                 return await self._not_ours(dispatch, res)
-            if erased:
-                # Its user was erased since it was routed (it waited in a retry or delay topic, or is replayed from dlq).
+            if claimed.erased:
+                # Its user was erased since it was routed (it waited in a retry or delay topic, is replayed
+                # from dlq, or its batch was under way when the erasure came): never sent.
                 return await self._record(dispatch, res, DeliveryState.suppressed, reason="user_deleted", error="the user was erased")
             return await self._deliver(dispatch, res, picked=picked)
         finally:

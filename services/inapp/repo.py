@@ -6,6 +6,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from shared import Suppressed
+
 _COLUMNS = "id, seq, user_id, category, type, title, body, url, data, created_at, read_at"
 
 
@@ -29,7 +31,8 @@ async def insert(
     Two copies of one notification stored at the same moment (which the ledger's claim prevents)
     would leave a gap in the user's numbers; a stream that sees a gap reads from the table.
     The row of one stored before is returned too, unless the user deleted it since (None). Nothing is
-    stored for a user erased meanwhile (None: the sender had found no tombstone when the batch began).
+    stored for an erased user: that raises ``Suppressed`` (the sender's claim reads the tombstone first,
+    and an erasure waits for claims in flight, so this is the last guard, not the usual way).
     """
     row = await conn.fetchrow(
         f"""
@@ -62,6 +65,8 @@ async def insert(
     if row is not None:
         return dict(row), True
     existing = await conn.fetchrow(f"SELECT {_COLUMNS} FROM inapp.notifications WHERE id = $1 AND deleted_at IS NULL", id)
+    if existing is None and await conn.fetchval("SELECT true FROM inapp.erasures WHERE user_id = $1", user_id):
+        raise Suppressed("user_deleted", "the user was erased")
     return (dict(existing) if existing else None), False
 
 

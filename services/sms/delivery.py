@@ -140,9 +140,13 @@ class SmsDelivery:
     async def send_now(self, dispatch: Dispatch, res: Resources) -> DeliveryStatus:
         """Deliver ``dispatch`` once, now, through the ledger (no retry); publish and return its status."""
         async with res.pool.acquire() as conn:
-            attempts = await self.ledger.claim(conn=conn, dispatch=dispatch)
-        if attempts is None:
+            claimed = await self.ledger.claim(conn=conn, dispatch=dispatch)
+        if claimed is None:
             state, fields = DeliveryState.duplicate, {"reason": "already_processed"}
+        elif claimed.erased:  # the user was erased: no SMS, and nothing more is kept
+            state, fields = DeliveryState.suppressed, {"reason": "user_deleted", "error": "the user was erased"}
+            async with res.pool.acquire() as conn:
+                await self.ledger.finish(conn=conn, notification_id=dispatch.notification_id, status=state, error=fields["reason"])
         else:
             try:
                 sid = await self.deliver(dispatch, res)

@@ -1,6 +1,7 @@
 """Erasure in the shared parts, against real Kafka and PostgreSQL: a sender never delivers to an erased
 user, and a service applies an erasure once, reports it, and dead-letters what it cannot apply."""
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -8,8 +9,8 @@ import pytest
 
 from shared import Channel, Erasure, HeraldSettings, Ledger, SenderPipeline, create_service, erasure_router
 
-from ..support import TopicReader, make_topics, produce, running, settings_for
-from .test_sender import ScriptedProvider, dispatch, statuses
+from ..support import TopicReader, eventually, make_topics, produce, running, settings_for
+from .test_sender import GatedProvider, ScriptedProvider, dispatch, statuses
 
 
 def erasure_of(user_id: str) -> Erasure:
@@ -40,6 +41,45 @@ async def test_a_dispatch_to_an_erased_user_is_suppressed_wherever_it_comes_from
         assert outcome[str(d.notification_id)] == ("suppressed", "user_deleted")
     rows = await db.fetch(f"SELECT status FROM {ledger_schema}.ledger WHERE user_id = 'gone'")
     assert sorted(r["status"] for r in rows) == ["suppressed"] * 3
+
+
+async def test_an_erasure_waits_for_a_send_under_way_and_nothing_is_sent_to_the_user_after_it(infra, namespace, db, ledger_schema):
+    """A batch under way when the erasure comes: the send already claimed finishes (and is recorded) before the
+    service erases anything, and a dispatch claimed after the tombstone never reaches the provider."""
+    settings = settings_for(HeraldSettings, infra, namespace, service_name="test-sender")
+    await make_topics(settings)
+    provider = GatedProvider()
+    seen: list[tuple[list, str | None]] = []
+
+    async def erase(erasure, res) -> dict[str, int]:
+        async with res.pool.acquire() as conn:
+            status = await conn.fetchval(f"SELECT status FROM {ledger_schema}.ledger WHERE notification_id = $1", before.notification_id)
+        seen.append((list(provider.finished), status))
+        return {}
+
+    pipeline = SenderPipeline(settings, Channel.inapp, provider, ledger=Ledger(ledger_schema))
+    app = create_service(settings, title="sender", kafka_routers=[*pipeline.routers(), erasure_router(settings, "test", erase, tombstones=ledger_schema)])
+    before, after = dispatch(recipient={"user_id": "late"}), dispatch(recipient={"user_id": "late"})
+    async with running(app), TopicReader(infra.kafka_bootstrap, settings.erasure_status_topic) as reports:
+        await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), before.model_dump_json().encode(), key=b"late")
+        async def under_way():
+            return provider.started
+
+        await eventually(under_way, timeout=30, what="the send under way")
+        await produce(infra.kafka_bootstrap, settings.erasure_topic, erasure_of("late").model_dump_json().encode(), key=b"late")
+        await eventually(
+            lambda: db.fetchval(f"SELECT true FROM {ledger_schema}.erasures WHERE user_id = 'late'"), timeout=30, what="the tombstone"
+        )
+        await asyncio.sleep(1.0)
+        assert seen == []  # the erasure waits while the send is claimed
+        provider.gate.set()
+        await reports.wait_for(1, timeout=30)
+        await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), after.model_dump_json().encode(), key=b"late")
+        found = await statuses(infra, settings, 2, final=True)
+    assert seen == [([before.notification_id], "sent")]  # it ran once the send was finished and recorded
+    assert provider.started == [before.notification_id]
+    outcome = {s["notification_id"]: (s["status"], s["reason"]) for s in found}
+    assert outcome[str(after.notification_id)] == ("suppressed", "user_deleted")
 
 
 async def test_a_recipient_id_postgresql_cannot_hold_is_dead_lettered_alone_and_the_batch_goes_on(infra, namespace, ledger_schema):
