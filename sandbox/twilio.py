@@ -92,22 +92,30 @@ def _segments(body: str) -> int:
     return 1 if units <= single else -(-units // part)
 
 
+async def _injected(request: Request) -> JSONResponse | None:
+    """The answer of an injected fault, if one hits this request (creating, redacting or deleting a message)."""
+    fault = store.take_fault(PROVIDER)
+    if fault is None:
+        return None
+    if fault.status == 0:  # hang until the client gives up (or two minutes pass)
+        for _ in range(600):
+            if await request.is_disconnected():
+                break
+            await asyncio.sleep(0.2)
+        return _error(504, 20500, "Injected hang")
+    headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after else None
+    code = {429: 20429, 401: 20003, 404: 20404}.get(fault.status, 20500 if fault.status >= 500 else 21211)
+    return _error(fault.status, code, fault.message or f"Injected fault {fault.status}", headers=headers)
+
+
 @router.post(API, summary="Create a Message (Twilio-compatible)")
 async def create_message(account_sid: str, request: Request) -> JSONResponse:
     creds = _credentials(request)
     if creds is None or creds[0] != account_sid or not creds[1]:
         return _error(401, 20003, "Authenticate", headers={"WWW-Authenticate": 'Basic realm="Twilio API"'})
-    fault = store.take_fault(PROVIDER)
-    if fault is not None:
-        if fault.status == 0:  # hang until the client gives up (or two minutes pass)
-            for _ in range(600):
-                if await request.is_disconnected():
-                    break
-                await asyncio.sleep(0.2)
-            return _error(504, 20500, "Injected hang")
-        headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after else None
-        code = {429: 20429, 401: 20003, 404: 20404}.get(fault.status, 20500 if fault.status >= 500 else 21211)
-        return _error(fault.status, code, fault.message or f"Injected fault {fault.status}", headers=headers)
+    injected = await _injected(request)
+    if injected is not None:
+        return injected
     form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
     to, sender, body = form.get("To", ""), form.get("From", ""), form.get("Body", "")
     if not to:
@@ -154,6 +162,9 @@ async def redact_message(account_sid: str, message_sid: str, request: Request) -
     creds = _credentials(request)
     if creds is None or creds[0] != account_sid or not creds[1]:
         return _error(401, 20003, "Authenticate", headers={"WWW-Authenticate": 'Basic realm="Twilio API"'})
+    injected = await _injected(request)
+    if injected is not None:
+        return injected
     form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
     if form.get("Body", None) != "":
         return _error(400, 21602, "Only an empty Body (redaction) is supported here.")
@@ -170,6 +181,9 @@ async def delete_message(account_sid: str, message_sid: str, request: Request) -
     creds = _credentials(request)
     if creds is None or creds[0] != account_sid or not creds[1]:
         return _error(401, 20003, "Authenticate", headers={"WWW-Authenticate": 'Basic realm="Twilio API"'})
+    injected = await _injected(request)
+    if injected is not None:
+        return injected
     found = _message(message_sid)
     if found is None:
         return _error(404, 20404, f"The requested resource /Messages/{message_sid}.json was not found")

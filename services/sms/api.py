@@ -25,6 +25,7 @@ from shared import (
     Recipient,
     TracesService,
     UserId,
+    erased_users,
     mask_phone,
     per_address,
     publish_many,
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 api = APIRouter()
 
 STATUS_PATH = "/v1/webhooks/twilio/status"
+ERASED = "this user was erased; no code is sent or kept for it"
 
 
 class VerificationRequest(BaseModel):
@@ -98,6 +100,7 @@ def _number(raw: str | None, settings: Settings) -> logic.Number:
     tags=["verification"],
     summary="Send a 6-digit code to a phone number of the authenticated user",
     responses={
+        410: {"description": "The user was erased: no code is sent or kept"},
         422: {"description": "Not a valid E.164 number, or a country SMS does not go to"},
         429: {"description": "Too many codes requested; Retry-After says how long to wait"},
         503: {"description": "The SMS provider did not take the code; nothing was sent"},
@@ -107,6 +110,9 @@ def _number(raw: str | None, settings: Settings) -> logic.Number:
 async def start_verification(body: VerificationRequest, user_id: UserId, res: AppResources) -> Any:
     settings, delivery, codes = _parts(res)
     number = _number(body.phone, settings)
+    async with res.pool.acquire() as conn:
+        if await erased_users(conn=conn, schema="sms", user_ids=[user_id]):
+            return _refuse(status.HTTP_410_GONE, ERASED)
     locked = await codes.locked_for(phone=number.e164, limit=settings.verify_lock_failures)
     if locked:
         return _refuse(status.HTTP_429_TOO_MANY_REQUESTS, "too many wrong codes for this number; it is locked for now", retry_after=locked)
@@ -149,6 +155,8 @@ async def _send_code(res: Any, *, user_id: str, number: logic.Number, locale: st
     await codes.forget(user_id=user_id, digest=digest)
     reason = outcome.reason if outcome else "error"
     log.warning("verification code for user %s to %s not sent: %s", user_id, mask_phone(number.e164), reason)
+    if reason == "user_deleted":  # erased while the code was being sent: the claim saw it, nothing went out
+        return _refuse(status.HTTP_410_GONE, ERASED)
     if reason in ("daily_cap", "daily_cap_critical"):
         return _refuse(status.HTTP_429_TOO_MANY_REQUESTS, "the daily SMS limit for this account is reached", retry_after=logic.DAY)
     if reason in logic.PERMANENT_CODES.values():

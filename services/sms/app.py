@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 from fastapi import FastAPI
 
 from shared import MessageTemplates, RateLimiter, Resources, create_service, ledger_purge, retention
 
+from . import redaction
 from .api import api
 from .delivery import SmsDelivery
 from .handlers import build_routers, export
@@ -57,5 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         kafka_routers=build_routers(settings, delivery),
         api=api,
         export=export,
-        hooks=[sms_resources, retention(lambda: [ledger_purge("sms", days=settings.sms_ledger_retention_days)])],
+        hooks=[
+            sms_resources,
+            retention(lambda: [ledger_purge("sms", days=settings.sms_ledger_retention_days)]),
+            *([redaction.worker(interval=settings.twilio_erasure_retry_seconds, pause=settings.twilio_erasure_retry_seconds,
+                                give_up=timedelta(days=settings.twilio_erasure_give_up_days))] if settings.twilio_erasure != "keep" else []),
+        ],
     )

@@ -3,20 +3,16 @@ and the user erasures."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from faststream.kafka import KafkaRouter
 
 from shared import Channel, Erasure, Resources, SenderPipeline, erasure_router, ledger_export
 
-from . import logic
+from . import logic, redaction
 from .delivery import SmsDelivery
-from .providers.twilio import ProviderError
 from .settings import Settings
-
-
-#: Twilio's "Cannot delete message because it is in progress".
-IN_PROGRESS = 20009
 
 
 def build_routers(settings: Settings, delivery: SmsDelivery) -> list[KafkaRouter]:
@@ -63,30 +59,20 @@ async def erase_user(erasure: Erasure, res: Resources, *, delivery: SmsDelivery,
     removed += await codes.redis.delete(codes.key(user_id), *([codes.failures_key(number)] if number else []))
     erased = {"ledger_errors": scrubbed, "redis_keys": int(removed)}
     if settings.twilio_erasure != "keep":
-        erased.update(await erase_at_twilio(user_id, res, how=settings.twilio_erasure))
+        erased.update(await erase_at_twilio(user_id, res, settings=settings))
     return erased
 
 
-async def erase_at_twilio(user_id: str, res: Resources, *, how: str) -> dict[str, int]:
-    """Delete (or redact) the user's messages at Twilio, by the SIDs the ledger kept. Twilio unreachable, 5xx or 429:
-    the erasure is handed back and tried again; a message still in progress is counted and left (docs/data.md)."""
+async def erase_at_twilio(user_id: str, res: Resources, *, settings: Settings) -> dict[str, int]:
+    """Queue the user's messages at Twilio for deletion (or redaction), by the ids the ledger kept, and try
+    them now for a bounded time; what Twilio does not take now is left to the background (``redaction``)."""
     async with res.pool.acquire() as conn:
-        sids = [r["provider_message_id"] for r in await conn.fetch(
-            "SELECT provider_message_id FROM sms.ledger WHERE user_id = $1 AND provider_message_id IS NOT NULL ORDER BY created_at", user_id
-        )]
-    provider = res.extra["twilio"]
-    done = gone = in_progress = 0
-    for sid in sids:
-        try:
-            if await provider.erase(sid, how=how):
-                done += 1
-            else:
-                gone += 1
-        except ProviderError as exc:
-            if exc.status is None or exc.status >= 500 or exc.status == 429:
-                raise ConnectionError(f"Twilio did not take the erasure of {sid}: {exc}") from None
-            if exc.code == IN_PROGRESS:
-                in_progress += 1
-                continue
-            raise
-    return {f"twilio_{'deleted' if how == 'delete' else 'redacted'}": done, "twilio_not_found": gone, "twilio_in_progress": in_progress}
+        await redaction.queue(conn, user_id=user_id, how=settings.twilio_erasure)
+    done = await redaction.work(
+        res, user_id=user_id, budget=settings.twilio_erasure_budget_seconds, pause=settings.twilio_erasure_retry_seconds,
+        give_up=timedelta(days=settings.twilio_erasure_give_up_days),
+    )
+    async with res.pool.acquire() as conn:
+        pending = await conn.fetchval("SELECT count(*) FROM sms.provider_erasures WHERE user_id = $1", user_id)
+    skip = "twilio_redacted" if settings.twilio_erasure == "delete" else "twilio_deleted"
+    return {**{k: v for k, v in done.items() if k != skip}, "twilio_pending": int(pending)}

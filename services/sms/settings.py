@@ -28,6 +28,9 @@ class Settings(HeraldSettings):
     twilio_timeout_seconds: float = Field(default=10.0, gt=0)
     # on a user's erasure, what happens to their messages' logs at Twilio (docs/data.md): kept, bodies redacted, or deleted
     twilio_erasure: Literal["keep", "redact", "delete"] = "keep"
+    twilio_erasure_budget_seconds: float = Field(default=10.0, ge=0)  # an erasure tries its messages at Twilio this long; the rest in the background
+    twilio_erasure_retry_seconds: float = Field(default=60.0, gt=0)  # the background's interval, and the first pause before a message is tried again
+    twilio_erasure_give_up_days: float = Field(default=30.0, gt=0)  # a message Twilio has not let erase by then is dropped from the queue (logged)
     twilio_status_callbacks: bool = True  # ask for delivery receipts at HERALD_PUBLIC_URL/v1/webhooks/twilio/status
 
     # retries (through retry.sms, then dlq)
