@@ -9,7 +9,7 @@ from uuid import UUID
 from fastapi import APIRouter, Header, HTTPException, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared import AppResources, UserId
+from shared import AppResources, UserId, erased_users
 
 from . import logic, repo
 from .providers import WebPushClient
@@ -85,7 +85,11 @@ async def vapid_public_key(res: AppResources) -> VapidKey:
     "/subscriptions",
     status_code=status.HTTP_201_CREATED,
     summary="Subscribe the authenticated user's browser (200 when it was already subscribed)",
-    responses={409: {"description": "The endpoint is another account's, or the user has too many"}, 422: {"description": "Refused endpoint or keys"}},
+    responses={
+        409: {"description": "The endpoint is another account's, or the user has too many"},
+        410: {"description": "The user was erased"},
+        422: {"description": "Refused endpoint or keys"},
+    },
 )
 async def subscribe(
     body: SubscriptionIn,
@@ -97,7 +101,9 @@ async def subscribe(
     settings = cast(Settings, res.settings)
     await _check(body.endpoint, settings, res.extra["push"])
     async with res.pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"push:{user_id}")
+        await repo.lock_user(conn=conn, user_id=user_id)
+        if await erased_users(conn=conn, schema="push", user_ids=[user_id]):
+            raise HTTPException(status.HTTP_410_GONE, detail="this user was erased; no subscription is stored for it")
         if await repo.count_for_user(conn=conn, user_id=user_id) >= settings.push_max_subscriptions_per_user:
             existing = {s["endpoint"] for s in await repo.list_for_user(conn=conn, user_id=user_id)}
             if body.endpoint not in existing:

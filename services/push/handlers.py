@@ -200,6 +200,7 @@ def build_routers(settings: Settings, templates: MessageTemplates) -> list[Kafka
         """The push service's part of an erasure: the user's subscriptions (endpoints, keys, user agents) go;
         the ledger keeps its rows (by endpoint hash) without error texts."""
         async with res.pool.acquire() as conn, conn.transaction():
+            await repo.lock_user(conn=conn, user_id=erasure.user_id)  # a subscribe under way commits first, and is removed
             subscriptions = await repo.erase_user(conn=conn, user_id=erasure.user_id)
             scrubbed = await ledger.erase(conn=conn, user_id=erasure.user_id)
         return {"subscriptions": subscriptions, "ledger_errors": scrubbed}

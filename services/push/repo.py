@@ -8,6 +8,11 @@ from uuid import UUID
 SUBSCRIPTION_COLUMNS = "id, user_id, endpoint, endpoint_hash, p256dh, auth, created_at, last_success_at, failures"
 
 
+async def lock_user(*, conn: Any, user_id: str) -> None:
+    """Serialise one user's subscribes and erasure (in the caller's transaction)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"push:{user_id}")
+
+
 async def subscribe(
     *, conn: Any, user_id: str, endpoint: str, endpoint_hash: str, p256dh: str, auth: str, user_agent: str | None
 ) -> tuple[dict[str, Any] | None, bool]:

@@ -225,11 +225,15 @@ async def _patch(res: Any, catalogue: Catalogue, user_id: str, body: Preferences
     changes, problems = logic.check_preference_changes(c.model_dump() for c in body.preferences)
     if problems:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=problems)
-    await recipients_of(res).set_preferences(user_id, changes)
+    if not await recipients_of(res).set_preferences(user_id, changes):
+        raise HTTPException(status.HTTP_410_GONE, detail="this user was deleted; nothing is recorded for it")
     return await _matrix(res, catalogue, user_id)
 
 
-_PATCH_RESPONSES: dict[int | str, dict[str, Any]] = {422: {"description": "Unknown category or channel, or security"}}
+_PATCH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    410: {"description": "The user was deleted (erased): no preference is recorded"},
+    422: {"description": "Unknown category or channel, or security"},
+}
 
 
 @api.get("/preferences", tags=["preferences"], summary="The authenticated user's preferences (every category × channel)")

@@ -74,10 +74,12 @@ class Recipients:
         await self.cache.invalidate(row.user_id)
         return written
 
-    async def set_preferences(self, user_id: str, changes: Mapping[tuple[str, str], bool]) -> None:
+    async def set_preferences(self, user_id: str, changes: Mapping[tuple[str, str], bool]) -> bool:
+        """Record a user's choices; False when the user was deleted (nothing is recorded)."""
         async with self.res.pool.acquire() as conn:
-            await repo.set_preferences(conn=conn, user_id=user_id, changes=changes)
+            written = await repo.set_preferences(conn=conn, user_id=user_id, changes=changes)
         await self.cache.invalidate(user_id)
+        return written
 
 
 def recipients_of(res: Resources) -> Recipients:

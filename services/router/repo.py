@@ -58,13 +58,21 @@ async def upsert_recipient(*, conn: Any, row: Directory, changed_at: datetime | 
     return status.endswith(" 1")
 
 
+async def _lock_user(conn: Any, user_id: str) -> None:
+    """Serialise a deletion and a preference change of one user (in the caller's transaction)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('router.recipient:' || $1, 0))", user_id)
+
+
 async def delete_recipient(*, conn: Any, user_id: str) -> None:
-    """Keep a tombstone of the user (no address, no preferences): a deleted user gets nothing."""
+    """Keep a tombstone of the user (its id and deletion time: no address, locale, time zone or preferences);
+    a deleted user gets nothing. Runs in the caller's transaction."""
+    await _lock_user(conn, user_id)
     await conn.execute(
         """
         INSERT INTO router.recipients AS r (user_id, deleted_at) VALUES ($1, now())
         ON CONFLICT (user_id) DO UPDATE
-           SET email = NULL, phone = NULL, phone_verified_at = NULL, deleted_at = COALESCE(r.deleted_at, now()), updated_at = now()
+           SET email = NULL, phone = NULL, phone_verified_at = NULL, locale = DEFAULT, timezone = DEFAULT,
+               deleted_at = COALESCE(r.deleted_at, now()), updated_at = now()
         """,
         user_id,
     )
@@ -102,20 +110,25 @@ async def preferences(*, conn: Any, user_id: str) -> dict[tuple[str, str], bool]
     return {(r["category"], r["channel"]): r["enabled"] for r in rows}
 
 
-async def set_preferences(*, conn: Any, user_id: str, changes: Mapping[tuple[str, str], bool]) -> None:
-    """Record a user's choices (one statement, so all or none)."""
+async def set_preferences(*, conn: Any, user_id: str, changes: Mapping[tuple[str, str], bool]) -> bool:
+    """Record a user's choices (all or none); False, recording nothing, when the user was deleted."""
     keys = list(changes)
-    await conn.execute(
-        """
-        INSERT INTO router.preferences (user_id, category, channel, enabled)
-        SELECT $1, c.category, c.channel, c.enabled FROM unnest($2::text[], $3::text[], $4::boolean[]) AS c(category, channel, enabled)
-        ON CONFLICT (user_id, category, channel) DO UPDATE SET enabled = EXCLUDED.enabled, updated_at = now()
-        """,
-        user_id,
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [changes[k] for k in keys],
-    )
+    async with conn.transaction():
+        await _lock_user(conn, user_id)  # a deletion committing meanwhile is seen below, or sees these rows and removes them
+        if await conn.fetchval("SELECT true FROM router.recipients WHERE user_id = $1 AND deleted_at IS NOT NULL", user_id):
+            return False
+        await conn.execute(
+            """
+            INSERT INTO router.preferences (user_id, category, channel, enabled)
+            SELECT $1, c.category, c.channel, c.enabled FROM unnest($2::text[], $3::text[], $4::boolean[]) AS c(category, channel, enabled)
+            ON CONFLICT (user_id, category, channel) DO UPDATE SET enabled = EXCLUDED.enabled, updated_at = now()
+            """,
+            user_id,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [changes[k] for k in keys],
+        )
+    return True
 
 
 # ---------------------------------------------------------------------------- trace
@@ -245,10 +258,17 @@ async def request_erasure(*, conn: Any, user_id: str, erasure_id: UUID, event_id
 
 
 async def erase_trace(*, conn: Any, user_id: str) -> dict[str, int]:
-    """Delete the user's decision trace and delivery rows (refusals after the erasure are written afterwards)."""
+    """Delete the user's decision trace and delivery rows: every delivery row of the user, also one whose
+    decision is gone (pruned by retention), but the refusals after the erasure (``user_deleted``, written
+    afterwards) with their decisions."""
     async with conn.transaction():
         deliveries = await conn.execute(
-            "DELETE FROM router.deliveries WHERE notification_id IN (SELECT notification_id FROM router.decisions WHERE user_id = $1 AND reason <> 'user_deleted')",
+            """
+            DELETE FROM router.deliveries
+             WHERE user_id = $1
+               AND (reason IS DISTINCT FROM 'user_deleted'
+                    OR notification_id IN (SELECT notification_id FROM router.decisions WHERE user_id = $1 AND reason <> 'user_deleted'))
+            """,
             user_id,
         )
         decisions = await conn.execute("DELETE FROM router.decisions WHERE user_id = $1 AND reason <> 'user_deleted'", user_id)

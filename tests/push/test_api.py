@@ -149,3 +149,12 @@ async def test_the_vapid_public_key_is_the_configured_keys_public_half(infra):
     expected = private.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
     assert answer.status_code == 200
     assert base64.urlsafe_b64decode(answer.json()["publicKey"] + "==") == expected
+
+
+async def test_an_erased_user_cannot_subscribe_again(dev, db):
+    settings, client = dev
+    user = f"gone-{uuid.uuid4().hex[:8]}"
+    await db.execute("INSERT INTO push.erasures (user_id, erasure_id, requested_at) VALUES ($1, $2, now())", user, uuid.uuid4())
+    answer = await client.post("/v1/push/subscriptions", json=subscription(), headers=bearer(settings, user))
+    assert answer.status_code == 410 and "erased" in answer.json()["detail"]
+    assert await db.fetchval("SELECT count(*) FROM push.subscriptions WHERE user_id = $1", user) == 0

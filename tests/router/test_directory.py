@@ -36,13 +36,22 @@ async def test_a_verified_phone_announced_by_user_updated_receives_sms_and_a_new
 
 async def test_a_deleted_user_gets_nothing_not_even_critical_and_is_not_brought_back(router, db):
     user = new_user()
-    await router.put_recipient(user, email="a@example.com", phone="+14155550100", phone_verified_at=VERIFIED.iso)
+    await router.put_recipient(user, email="a@example.com", phone="+14155550100", phone_verified_at=VERIFIED.iso, locale="de", timezone="Europe/Berlin")
+    promo_off = {"preferences": [{"category": "promotional", "channel": "email", "enabled": False}]}
+    assert (await router.client.patch("/v1/preferences", json=promo_off, headers=bearer(router.settings, user))).status_code == 200
+    assert await db.fetchval("SELECT count(*) FROM router.preferences WHERE user_id = $1", user) == 1
     await router.publish("user.deleted", {"user_id": user})
     event = await router.publish("auth.password_changed", {"user_id": user})
     items = await router.trace(event["id"], 3)
     assert {(i["channel"], i["decision"], i["reason"]) for i in items} == {(c, "suppressed", "user_deleted") for c in ("email", "sms", "inapp")}
-    row = await db.fetchrow("SELECT email, phone, deleted_at FROM router.recipients WHERE user_id = $1", user)
+    row = await db.fetchrow("SELECT email, phone, locale, timezone, deleted_at FROM router.recipients WHERE user_id = $1", user)
     assert row["email"] is None and row["phone"] is None and row["deleted_at"] is not None
+    assert (row["locale"], row["timezone"]) == ("en", "UTC")  # the tombstone keeps nothing of the user's
+    assert await db.fetchval("SELECT count(*) FROM router.preferences WHERE user_id = $1", user) == 0
+    for path, headers in (("/v1/preferences", bearer(router.settings, user)), (f"/v1/users/{user}/preferences", router.key)):
+        refused = await router.client.patch(path, json=promo_off, headers=headers)
+        assert refused.status_code == 410 and "deleted" in refused.json()["detail"], path
+    assert await db.fetchval("SELECT count(*) FROM router.preferences WHERE user_id = $1", user) == 0
     response = await router.put_recipient(user, email="a@example.com")
     assert response.status_code == 409 and "deleted" in response.json()["detail"]
     late = await router.publish("user.updated", {"user_id": user, "email": "b@example.com"})

@@ -1,8 +1,10 @@
 """The decision trace: what the router decided and what each sender then did, by event and by user."""
 
 import asyncio
+import uuid
 from datetime import UTC, datetime
 
+from services.router import repo
 from shared import Channel, Dispatch, HeraldSettings, Ledger, PermanentError, Resources, SenderPipeline, TransientError, create_service
 
 from ..support import STARTS, bearer, running, settings_for
@@ -115,3 +117,22 @@ async def test_the_trace_is_for_services_only_and_says_when_there_is_none(router
     missing = await router.client.get("/v1/events/never-seen/trace", headers=router.key)
     assert missing.status_code == 404 and "never-seen" in missing.json()["detail"]
     assert (await router.client.get(f"/v1/users/{user}/trace", params={"since": "yesterday"}, headers=router.key)).status_code == 422
+
+
+async def test_erasing_the_trace_removes_delivery_rows_whose_decision_retention_already_removed(router, db):
+    user, other = new_user(), new_user()
+    kept_decision, orphan, refusal, theirs = (uuid.uuid4() for _ in range(4))
+    await db.execute(
+        "INSERT INTO router.decisions (notification_id, event_id, event_source, event_type, user_id, channel, decision, reason) "
+        "VALUES ($1, 'e1', 'tests', 'booking.created', $2, 'email', 'routed', 'routed'), ($3, 'e2', 'tests', 'booking.created', $2, 'email', 'suppressed', 'user_deleted')",
+        kept_decision, user, refusal,
+    )
+    deliveries = [(kept_decision, "sent", None, user), (orphan, "sent", None, user), (refusal, "suppressed", "user_deleted", user), (theirs, "sent", None, other)]
+    await db.executemany(
+        "INSERT INTO router.deliveries (notification_id, status, attempt, reason, event_id, user_id, channel, at) VALUES ($1, $2, 1, $3, 'e', $4, 'email', now())",
+        deliveries,
+    )
+    erased = await repo.erase_trace(conn=db, user_id=user)
+    assert erased == {"trace_decisions": 1, "trace_deliveries": 2}  # the orphan (its decision pruned) goes too
+    left = {r["notification_id"] for r in await db.fetch("SELECT notification_id FROM router.deliveries WHERE user_id = ANY($1::text[])", [user, other])}
+    assert left == {refusal, theirs}  # the refusal after the erasure stays, with its decision; the other user's row stays
