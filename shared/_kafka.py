@@ -240,15 +240,19 @@ async def configure_topics(admin: AIOKafkaAdminClient, settings: HeraldSettings,
         return []
     described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])
     current: dict[str, dict[str, str]] = {}
+    own: dict[str, dict[str, str]] = {}  # set on the topic itself (not a broker or built-in default)
     for response in described:
         for error_code, error_message, _type, name, entries in response.resources:
             if error_code:
                 raise TopicConfigError(f"describing {name}: error {error_code} {error_message or ''}".strip())
             current[name] = {entry[0]: entry[1] for entry in entries}
+            own[name] = {entry[0]: entry[1] for entry in entries if _set_on_topic(entry)}
     changed = [t for t in topics if any(current.get(t, {}).get(k) != v for k, v in topic_config(settings, roles[t]).items())]
     if changed:
+        # AlterConfigs replaces a topic's whole dynamic configuration: what an operator set on it stays.
+        wanted = {t: {**own.get(t, {}), **topic_config(settings, roles[t])} for t in changed}
         try:
-            answers = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t, topic_config(settings, roles[t])) for t in changed])
+            answers = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t, wanted[t]) for t in changed])
         except IncompatibleBrokerVersion:
             raise TopicConfigError(f"this broker cannot change a topic's configuration (no AlterConfigs); these differ: {', '.join(changed)}") from None
         for answer in answers:
@@ -256,6 +260,19 @@ async def configure_topics(admin: AIOKafkaAdminClient, settings: HeraldSettings,
                 if error_code:
                     raise TopicConfigError(f"configuring {name}: error {error_code} {error_message or ''}".strip())
     return changed
+
+
+#: DescribeConfigs' config source of a value set on the topic itself (v1 and later).
+DYNAMIC_TOPIC_CONFIG = 1
+
+
+def _set_on_topic(entry: Sequence[Any]) -> bool:
+    """Whether a DescribeConfigs entry is a value set on the topic (kept when altering), one that can be read back
+    (not sensitive) and changed (not read-only). v0 entries: (name, value, read_only, is_default, is_sensitive);
+    later: (name, value, read_only, config_source, is_sensitive, synonyms)."""
+    name, value, read_only, source_or_default, sensitive = entry[:5]
+    set_here = (not source_or_default) if len(entry) == 5 else source_or_default == DYNAMIC_TOPIC_CONFIG
+    return bool(set_here and not read_only and not sensitive and value is not None)
 
 
 class TopicConfigError(Exception):

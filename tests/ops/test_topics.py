@@ -54,7 +54,13 @@ class ScriptedAdmin:
         self.altered: list[tuple[str, dict[str, str]]] = []
 
     async def describe_configs(self, resources):
-        return [SimpleNamespace(resources=[(0, None, 2, r.name, [(k, v, False, 5, False, []) for k, v in self.current[r.name].items()]) for r in resources])]
+        return [SimpleNamespace(resources=[(0, None, 2, r.name, [self.entry(k, v) for k, v in self.current[r.name].items()]) for r in resources])]
+
+    @staticmethod
+    def entry(name: str, value):
+        """A DescribeConfigs v1 entry: a bare value is the built-in default (source 5); (value, source, sensitive) as given."""
+        value, source, sensitive = value if isinstance(value, tuple) else (value, 5, False)
+        return (name, value, False, source, sensitive, [])
 
     async def alter_configs(self, resources):
         self.altered += [(r.name, dict(r.configs)) for r in resources]
@@ -69,6 +75,17 @@ def test_only_topics_whose_configuration_differs_are_altered_to_their_roles_whol
     changed = asyncio.run(configure_topics(admin, settings, [dlq, status], roles))
     assert changed == [dlq]
     assert admin.altered == [(dlq, {"cleanup.policy": "delete", "retention.ms": str(720 * 3_600_000), "min.insync.replicas": "2"})]
+
+
+def test_altering_a_topic_keeps_what_an_operator_set_on_it():
+    settings = HeraldSettings(environment="test")
+    dlq = settings.dlq_topic
+    operator_set = {"max.message.bytes": ("2097152", 1, False), "segment.ms": ("3600000", 1, False)}
+    elsewhere = {"compression.type": ("zstd", 4, False), "sasl.secret": (None, 1, True)}  # a broker's static value; a sensitive one
+    admin = ScriptedAdmin({dlq: {**topic_config(settings, "dlq"), "retention.ms": ("1", 1, False), **operator_set, **elsewhere}})
+    assert asyncio.run(configure_topics(admin, settings, [dlq], topic_roles(settings))) == [dlq]
+    [(_, altered)] = admin.altered
+    assert altered == {"max.message.bytes": "2097152", "segment.ms": "3600000", **topic_config(settings, "dlq")}
 
 
 def test_the_retention_table_must_name_every_role_and_keep_retries_past_their_longest_wait():
