@@ -150,7 +150,15 @@ async def test_an_erased_user_leaves_nothing_personal_behind_and_gets_nothing_mo
             return len(inbox) >= 3 and sms and push and len(mails) >= 3
 
         await eventually(delivered_everywhere, timeout=90, what="the user's notifications on every channel")
-        assert await rows_mentioning(db, email) and await rows_mentioning(db, preview)  # what the checks below look for is there now
+        # What the checks after the erasure look for is there now (so their finding nothing means something).
+        for needle in (email, phone, preview, name):  # the name: in the welcome notification of the inbox
+            assert await rows_mentioning(db, needle), needle
+        redis = Redis.from_url(infra.redis_url)
+        try:
+            held = await redis_mentioning(redis, me)
+            assert [k for k in held if ":cap:" in k] and await redis_mentioning(redis, email, phone)  # SMS caps; the cached profile
+        finally:
+            await redis.aclose()
         mails_before = len(await sandbox_messages(platform, "smtp", email))
 
         # The export gathers every service's part into one document.
@@ -207,6 +215,15 @@ async def test_an_erased_user_leaves_nothing_personal_behind_and_gets_nothing_mo
         assert after["inapp"]["notifications"] == [] and after["push"]["subscriptions"] == [] and after["router"]["decisions"] == []
         assert after["router"]["erasure"]["erasure_id"] == state["erasure_id"]
         assert all(after[s]["erasure"]["erasure_id"] == state["erasure_id"] for s in ("email", "sms", "push", "inapp"))
+
+        # The user's own endpoints cannot bring anything back.
+        as_me = bearer(settings, me)
+        code = await http.post(f"{platform.url('sms')}/v1/verifications", json={"phone": phone}, headers=as_me)
+        prefs = await http.patch(
+            f"{router}/v1/preferences", json={"preferences": [{"category": "promotional", "channel": "email", "enabled": False}]}, headers=as_me
+        )
+        assert (code.status_code, prefs.status_code) == (410, 410), (code.text, prefs.text)
+        assert await rows_mentioning(db, phone) == {} and len(await sandbox_messages(platform, "twilio", phone)) == 1
 
         # A dispatch replayed from dlq after the erasure (address inside) is suppressed, not sent.
         replayed = Dispatch(
