@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
 from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
@@ -56,9 +57,13 @@ class ErasureReport(BaseModel):
     at: datetime = Field(default_factory=utcnow)
 
 
+#: How long a fence waits for the ledger's lock, and how often it tries before the batch is handed back.
+FENCE_LOCK_TIMEOUT_MS = 1000
+FENCE_ATTEMPTS = 4
+
 #: Erasures handled per batch: each may wait for deliveries in flight and call a provider, and a batch
 #: must finish within the consumer's poll interval.
-ERASURE_BATCH = 20
+ERASURE_BATCH = 5
 
 #: A service's own erasure: removes what it holds about the user; returns counts by store.
 Erase = Callable[[Erasure, Resources], Awaitable[dict[str, int]]]
@@ -82,9 +87,21 @@ async def fence(*, conn: Any, schema: str, erasure: Erasure, lease: timedelta, t
     while its lease is live, so what the erasure removes next is not written again by a send that was
     under way, and the provider ids it reads are all there.
     """
-    async with conn.transaction():
-        await conn.execute(f"LOCK TABLE {schema}.ledger IN SHARE MODE")
-        await record_tombstone(conn=conn, schema=schema, erasure=erasure)
+    for attempt in range(FENCE_ATTEMPTS):
+        try:
+            async with conn.transaction():
+                if await conn.fetchval(f"SELECT true FROM {schema}.erasures WHERE user_id = $1", erasure.user_id):
+                    break  # recorded before (a redelivered erasure): later claims read it already
+                # Not longer than this behind other holders (a vacuum, an index build): the channel's writes queue behind us.
+                await conn.execute(f"SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT_MS}ms'")
+                await conn.execute(f"LOCK TABLE {schema}.ledger IN SHARE MODE")
+                await record_tombstone(conn=conn, schema=schema, erasure=erasure)
+            break
+        except asyncpg.LockNotAvailableError:
+            log.warning("erasure of user %s: the %s ledger is busy (attempt %d); trying again", erasure.user_id, schema, attempt + 1)
+            await asyncio.sleep(0.5 * 2**attempt)
+    else:
+        raise TimeoutError(f"the {schema} ledger stayed locked by others; the erasure of user {erasure.user_id} is tried again")
     deadline = time.monotonic() + timeout
     while True:
         live = await conn.fetchval(
@@ -136,7 +153,8 @@ def erasure_router(settings: HeraldSettings, service: str, erase: Erase, *, tomb
             return [dead_letter(settings, record, stage=f"{service}-erasure", reason="erasure_failed", error=describe(exc))]
         res.metrics.erasures.labels("erased").inc()
         for store, count in erased.items():
-            res.metrics.erased.labels(store).inc(count)
+            if not store.endswith("_pending"):  # left for later (e.g. a provider's part): counted when it is done
+                res.metrics.erased.labels(store).inc(count)
         log.info("erased user %s (%s)", erasure.user_id, ", ".join(f"{k}: {v}" for k, v in erased.items()) or "nothing held")
         report = ErasureReport(erasure_id=erasure.erasure_id, user_id=erasure.user_id, service=service, erased=erased)
         return [Outgoing(settings.erasure_status_topic, report, key=erasure.user_id)]

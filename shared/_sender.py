@@ -43,6 +43,7 @@ from pydantic import ValidationError
 
 from ._app import KafkaResources, OutageBackoff, Resources
 from ._breaker import ChannelGate, GateState, hold_key, resume_key
+from ._erasure import erased_users
 from ._exceptions import Misconfigured, PermanentError, Suppressed, TransientError, describe, is_outage, patiently
 from ._kafka import Outgoing, dead_letter, header, publish_many, subscriber_options
 from ._logging import event_id_var, mask_text, notification_id_var
@@ -243,6 +244,9 @@ class Outage(Exception):
     """A dependency (PostgreSQL, Redis, Kafka) is unreachable: the batch is handed back and tried again after a pause."""
 
 
+#: How old a batch claim's reading of the tombstones may be when its send starts (``BatchClaims.erased_since``).
+RECHECK_SECONDS = 0.5
+
 #: What ``BatchClaims.take`` answers for a copy it did not claim (a later copy in the batch, or one in
 #: flight here already), and for one whose chunk the ledger refused as a whole (each is claimed alone).
 _NOT_CLAIMED: Any = object()
@@ -285,6 +289,10 @@ class BatchClaims:
         self._claiming: dict[int, asyncio.Task[dict[uuid.UUID, Any]]] = {}
         self._running: set[uuid.UUID] = set()  # first copies in flight here (entered in the pipeline's map)
         self._taken: set[uuid.UUID] = set()
+        self._users = list(dict.fromkeys(d.recipient.user_id for d in order if "\x00" not in d.recipient.user_id))
+        self._erased: frozenset[str] = frozenset()
+        self._erased_read = float("-inf")  # when (monotonic) the batch's tombstones were last read
+        self._reading = asyncio.Lock()
 
     def running(self, dispatch: Dispatch) -> None:
         """``dispatch`` has entered the pipeline's in-flight map: if it is a first copy, its chunk still claims it."""
@@ -305,6 +313,19 @@ class BatchClaims:
         if isinstance(found, BatchClaim):
             self._taken.add(nid)
         return found
+
+    async def erased_since(self, dispatch: Dispatch, claim: BatchClaim) -> bool:
+        """Whether ``dispatch``'s user was erased after its chunk was claimed. A claim younger than
+        ``RECHECK_SECONDS`` read the tombstones itself; for an older one (it waited for a slot) the
+        batch's tombstones are read again, at most once per ``RECHECK_SECONDS`` for the whole batch."""
+        if time.monotonic() - claim.made < RECHECK_SECONDS:
+            return False
+        async with self._reading:
+            if time.monotonic() - self._erased_read >= RECHECK_SECONDS:
+                async with self.res.pool.acquire() as conn:
+                    self._erased = await erased_users(conn=conn, schema=self.pipeline.ledger.schema, user_ids=self._users)
+                self._erased_read = time.monotonic()
+        return dispatch.recipient.user_id in self._erased
 
     async def _claim(self, chunk: list[Dispatch]) -> dict[uuid.UUID, Any]:
         mine = [d for d in chunk if d.notification_id in self._running or d.notification_id not in self.pipeline._running]
@@ -632,7 +653,7 @@ class SenderPipeline:
                     return self._dead_letter_unclaimable(dispatch, res, exc)
             if claimed is None:
                 return await self._not_ours(dispatch, res)
-            if claimed.erased:
+            if claimed.erased or (isinstance(claimed, BatchClaim) and claims is not None and await claims.erased_since(dispatch, claimed)):
                 # Its user was erased since it was routed (it waited in a retry or delay topic, is replayed
                 # from dlq, or its batch was under way when the erasure came): never sent.
                 return await self._record(dispatch, res, DeliveryState.suppressed, reason="user_deleted", error="the user was erased")

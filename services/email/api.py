@@ -62,6 +62,9 @@ async def unsubscribe(token: Token, res: AppResources) -> Unsubscribed:
     except httpx.HTTPError as exc:
         log.error("router unreachable for unsubscribe of user %s from %s: %s", user_id, category.value, type(exc).__name__)
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, detail="the preference service is unreachable; try again later") from None
+    if response.status_code == status.HTTP_410_GONE:  # the user was erased: nothing is sent to them any more
+        log.info("unsubscribe of an erased user from %s: nothing to record", category.value)
+        return Unsubscribed(category=category)
     if not response.is_success:
         log.error("router answered %s to unsubscribe of user %s from %s", response.status_code, user_id, category.value)
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"the preference service answered {response.status_code}")

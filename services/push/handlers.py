@@ -102,8 +102,12 @@ class PushDelivery:
         """Claim, send and record one subscription's delivery."""
         target = sub["endpoint_hash"]
         async with res.pool.acquire() as conn:
-            if await self.ledger.claim(conn=conn, dispatch=dispatch, target=target) is None:
+            claimed = await self.ledger.claim(conn=conn, dispatch=dispatch, target=target)
+            if claimed is None:
                 return await self.earlier(conn, dispatch, target)
+            if claimed.erased:  # erased since the dispatch was claimed: this browser gets nothing
+                await self.ledger.finish(conn=conn, notification_id=dispatch.notification_id, target=target, status=DeliveryState.suppressed, error="user_deleted")
+                raise Suppressed("user_deleted", "the user was erased")
         result = await self.send(sub, dispatch, payload, res)
         # Once the push service has answered, recording it must not fail the attempt (and re-send the push).
         await patiently(

@@ -26,6 +26,7 @@ from shared import (
     TracesService,
     UserId,
     erased_users,
+    is_outage,
     mask_phone,
     per_address,
     publish_many,
@@ -110,9 +111,15 @@ def _number(raw: str | None, settings: Settings) -> logic.Number:
 async def start_verification(body: VerificationRequest, user_id: UserId, res: AppResources) -> Any:
     settings, delivery, codes = _parts(res)
     number = _number(body.phone, settings)
-    async with res.pool.acquire() as conn:
-        if await erased_users(conn=conn, schema="sms", user_ids=[user_id]):
-            return _refuse(status.HTTP_410_GONE, ERASED)
+    try:
+        async with res.pool.acquire() as conn:
+            erased = await erased_users(conn=conn, schema="sms", user_ids=[user_id])
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        return _refuse(status.HTTP_503_SERVICE_UNAVAILABLE, "the service cannot check this account now; no code was sent, try again shortly")
+    if erased:
+        return _refuse(status.HTTP_410_GONE, ERASED)
     locked = await codes.locked_for(phone=number.e164, limit=settings.verify_lock_failures)
     if locked:
         return _refuse(status.HTTP_429_TOO_MANY_REQUESTS, "too many wrong codes for this number; it is locked for now", retry_after=locked)

@@ -62,7 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hooks=[
             sms_resources,
             retention(lambda: [ledger_purge("sms", days=settings.sms_ledger_retention_days)]),
-            *([redaction.worker(interval=settings.twilio_erasure_retry_seconds, pause=settings.twilio_erasure_retry_seconds,
-                                give_up=timedelta(days=settings.twilio_erasure_give_up_days))] if settings.twilio_erasure != "keep" else []),
+            # also with HERALD_TWILIO_ERASURE=keep: what an earlier setting queued is still worked off (or given up)
+            redaction.worker(interval=settings.twilio_erasure_retry_seconds, pause=settings.twilio_erasure_retry_seconds,
+                             give_up=timedelta(days=settings.twilio_erasure_give_up_days)),
         ],
     )

@@ -70,7 +70,7 @@ async def erase_at_twilio(user_id: str, res: Resources, *, settings: Settings) -
         await redaction.queue(conn, user_id=user_id, how=settings.twilio_erasure)
     done = await redaction.work(
         res, user_id=user_id, budget=settings.twilio_erasure_budget_seconds, pause=settings.twilio_erasure_retry_seconds,
-        give_up=timedelta(days=settings.twilio_erasure_give_up_days),
+        give_up=timedelta(days=settings.twilio_erasure_give_up_days), counted=False,
     )
     async with res.pool.acquire() as conn:
         pending = await conn.fetchval("SELECT count(*) FROM sms.provider_erasures WHERE user_id = $1", user_id)

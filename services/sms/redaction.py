@@ -47,7 +47,7 @@ async def queue(conn: Any, *, user_id: str, how: str) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM sms.provider_erasures WHERE user_id = $1", user_id))
 
 
-async def _lease(conn: Any, *, user_id: str | None, limit: int) -> list[Any]:
+async def _lease(conn: Any, *, user_id: str | None, limit: int, lease: timedelta) -> list[Any]:
     return await conn.fetch(
         """
         UPDATE sms.provider_erasures SET due_at = now() + $3::interval, attempts = attempts + 1
@@ -59,19 +59,24 @@ async def _lease(conn: Any, *, user_id: str | None, limit: int) -> list[Any]:
         """,
         user_id,
         limit,
-        LEASE,
+        lease,
     )
 
 
-async def work(res: Resources, *, user_id: str | None = None, budget: float, pause: float, give_up: timedelta, batch: int = 20) -> dict[str, int]:
-    """Try the queued messages that are due (only ``user_id``'s when given) for about ``budget`` seconds;
-    counts by outcome. ``pause``: the first wait before a message that failed is tried again (it doubles)."""
+async def work(
+    res: Resources, *, user_id: str | None = None, budget: float, pause: float, give_up: timedelta, batch: int = 20, counted: bool = True
+) -> dict[str, int]:
+    """Try the queued messages that are due (only ``user_id``'s when given) for at most ``budget`` seconds (a call
+    in flight is cut short then, and tried again later); counts by outcome. ``pause``: the first wait before a
+    message that failed is tried again (it doubles). ``counted``: add the outcomes to ``herald_erased_total``
+    (the erasure's own pass reports them instead, and its report is counted)."""
     provider = res.extra["twilio"]
     counts = {"twilio_deleted": 0, "twilio_redacted": 0, "twilio_not_found": 0, "twilio_refused": 0, "twilio_abandoned": 0}
     deadline = time.monotonic() + budget
+    lease = max(LEASE, timedelta(seconds=budget + 60))  # longer than this pass: nobody else takes what it holds
     while time.monotonic() < deadline:
         async with res.pool.acquire() as conn:
-            leased = await _lease(conn, user_id=user_id, limit=batch)
+            leased = await _lease(conn, user_id=user_id, limit=batch, lease=lease)
         if not leased:
             break
         for i, row in enumerate(leased):
@@ -82,7 +87,14 @@ async def work(res: Resources, *, user_id: str | None = None, budget: float, pau
                         [r["provider_message_id"] for r in leased[i:]],
                     )
                 break
-            outcome, error = await _erase_one(provider, row)
+            try:
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.5)):
+                    outcome, error = await _erase_one(provider, row)
+            except TimeoutError:
+                outcome, error = None, "cut short at the end of the pass"
+            except Exception as exc:  # not Twilio's answer: a bug or an unreadable reply, tried again like a failure
+                log.exception("erasing message %s at Twilio failed", row["provider_message_id"])
+                outcome, error = None, describe(exc)
             async with res.pool.acquire() as conn:
                 if outcome is None:
                     if row["created_at"] < await conn.fetchval("SELECT now()") - give_up:
@@ -97,7 +109,8 @@ async def work(res: Resources, *, user_id: str | None = None, budget: float, pau
                         continue
                 await conn.execute("DELETE FROM sms.provider_erasures WHERE provider_message_id = $1", row["provider_message_id"])
             counts[outcome] += 1
-            res.metrics.erased.labels(outcome).inc()
+            if counted:
+                res.metrics.erased.labels(outcome).inc()
     return counts
 
 

@@ -82,6 +82,14 @@ async def test_the_page_behind_the_link_asks_before_changing_anything(email_serv
     assert router_api.requests == []
 
 
+async def test_unsubscribing_an_erased_user_succeeds_with_nothing_to_record(email_service, router_api):
+    router_api.status = 410  # the router: this user was deleted (erased)
+    async with await email_service(router_url=router_api.url) as (settings, client):
+        response = await client.post("/v1/unsubscribe", params={"token": token(settings)})
+    assert response.status_code == 200 and response.json()["status"] == "unsubscribed"
+    assert len(router_api.requests) == 1
+
+
 async def test_a_router_that_refuses_is_reported_as_a_bad_gateway(email_service, router_api):
     router_api.status = 503
     async with await email_service(router_url=router_api.url) as (settings, client):

@@ -158,3 +158,21 @@ async def test_an_erased_user_cannot_subscribe_again(dev, db):
     answer = await client.post("/v1/push/subscriptions", json=subscription(), headers=bearer(settings, user))
     assert answer.status_code == 410 and "erased" in answer.json()["detail"]
     assert await db.fetchval("SELECT count(*) FROM push.subscriptions WHERE user_id = $1", user) == 0
+
+
+async def test_a_subscribe_waiting_for_an_erasure_of_its_user_is_refused_when_the_erasure_commits(dev, db):
+    """The push erasure and a subscribe of one user are serialised (one advisory lock): a subscribe that waited
+    for the erasure sees its tombstone and stores nothing."""
+    import asyncio
+
+    settings, client = dev
+    user = f"racing-{uuid.uuid4().hex[:8]}"
+    async with db.transaction():  # as the push erasure does: the user's lock, then the tombstone
+        await db.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"push:{user}")
+        pending = asyncio.ensure_future(client.post("/v1/push/subscriptions", json=subscription(), headers=bearer(settings, user)))
+        await asyncio.sleep(0.5)
+        assert not pending.done()  # waiting for the erasure
+        await db.execute("INSERT INTO push.erasures (user_id, erasure_id, requested_at) VALUES ($1, $2, now())", user, uuid.uuid4())
+    answer = await pending
+    assert answer.status_code == 410
+    assert await db.fetchval("SELECT count(*) FROM push.subscriptions WHERE user_id = $1", user) == 0

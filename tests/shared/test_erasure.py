@@ -151,3 +151,59 @@ async def test_an_erasure_that_cannot_be_read_or_applied_goes_to_dlq_and_the_nex
     reasons = sorted(dict(r.headers)["herald-reason"].decode() for r in dead)
     assert reasons == ["erasure_failed", "invalid_erasure"]
     assert report.key == b"good"
+
+
+class HeldProvider:
+    """Holds the sends of the ids in ``gates`` until each gate is set; records every call."""
+
+    def __init__(self, *held: uuid.UUID) -> None:
+        self.gates = {nid: asyncio.Event() for nid in held}
+        self.started: list[uuid.UUID] = []
+
+    async def __call__(self, dispatch, res) -> str:
+        self.started.append(dispatch.notification_id)
+        gate = self.gates.get(dispatch.notification_id)
+        if gate is not None:
+            await gate.wait()
+        return f"msg-{len(self.started)}"
+
+
+async def test_a_dispatch_claimed_with_its_chunk_before_an_erasure_and_sent_after_it_is_suppressed(infra, namespace, db, ledger_schema):
+    """Two delivery slots; one batch P, A, B, C (C for the erased user X, claimed with B while the slots are busy).
+    The erasure comes while C waits for a slot: its claim said "not erased", but its send starts after the
+    tombstone, so it reads the tombstones again and is suppressed. A and B were under way: they finish."""
+    settings = settings_for(HeraldSettings, infra, namespace, service_name="test-sender", concurrency=2)
+    await make_topics(settings)
+    p, a, b, c = dispatch(recipient={"user_id": "other"}), dispatch(recipient={"user_id": "x"}), dispatch(recipient={"user_id": "x"}), dispatch(recipient={"user_id": "x"})
+    provider = HeldProvider(p.notification_id, a.notification_id, b.notification_id)
+
+    async def erase(erasure, res) -> dict[str, int]:
+        return {}
+
+    pipeline = SenderPipeline(settings, Channel.inapp, provider, ledger=Ledger(ledger_schema))
+    for d in (p, a, b, c):  # one key, one partition: one batch, in this order
+        await produce(infra.kafka_bootstrap, settings.notify_topic("inapp"), d.model_dump_json().encode(), key=b"same")
+    app = create_service(settings, title="sender", kafka_routers=[*pipeline.routers(), erasure_router(settings, "test", erase, tombstones=ledger_schema)])
+
+    async def started(*ids):
+        async def probe():
+            return all(i in provider.started for i in ids)
+
+        await eventually(probe, timeout=30, what=f"{len(ids)} sends started")
+
+    async with running(app), TopicReader(infra.kafka_bootstrap, settings.erasure_status_topic) as reports:
+        await started(p.notification_id, a.notification_id)
+        provider.gates[p.notification_id].set()  # a slot frees: B takes it, claiming B and C together
+        await started(b.notification_id)
+        assert await db.fetchval(f"SELECT status FROM {ledger_schema}.ledger WHERE notification_id = $1", c.notification_id) == "claimed"
+        await produce(infra.kafka_bootstrap, settings.erasure_topic, erasure_of("x").model_dump_json().encode(), key=b"x")
+        await eventually(lambda: db.fetchval(f"SELECT true FROM {ledger_schema}.erasures WHERE user_id = 'x'"), timeout=30, what="the tombstone")
+        await asyncio.sleep(0.8)  # C's claim is older than the re-read interval
+        provider.gates[a.notification_id].set()  # C gets A's slot
+        provider.gates[b.notification_id].set()
+        found = await statuses(infra, settings, 4, final=True)
+        await reports.wait_for(1, timeout=30)
+    outcome = {s["notification_id"]: (s["status"], s["reason"]) for s in found}
+    assert c.notification_id not in provider.started
+    assert outcome[str(c.notification_id)] == ("suppressed", "user_deleted")
+    assert [outcome[str(d.notification_id)][0] for d in (p, a, b)] == ["sent"] * 3

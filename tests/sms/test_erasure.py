@@ -110,3 +110,35 @@ async def test_a_code_for_a_user_erased_while_it_is_sent_is_not_sent(sms_setting
     assert await sandbox.messages(phone) == []
     assert await redis_client.exists(f"{settings.sms_redis_prefix}verify:code:{me}") == 0
     assert await db.fetchval("SELECT status FROM sms.ledger WHERE user_id = $1", me) == "suppressed"
+
+
+async def test_a_message_whose_erasure_breaks_is_tried_again_later_and_the_others_are_erased(infra, sms_settings, sandbox, db, monkeypatch):
+    from services.sms.providers.twilio import TwilioProvider
+
+    real = TwilioProvider.erase
+    broken: list[str] = []
+
+    async def once_broken(self, sid, *, how):
+        if not broken:
+            broken.append(sid)
+            raise RuntimeError("an answer the library could not read")
+        return await real(self, sid, how=how)
+
+    monkeypatch.setattr(TwilioProvider, "erase", once_broken)
+    settings = sms_settings(twilio_erasure="delete", twilio_erasure_retry_seconds=0.3)
+    me, phone = f"u-{uuid.uuid4().hex[:8]}", new_phone()
+    sent = [dispatch(phone, user_id=me), dispatch(phone, user_id=me)]
+    async with sms_app(settings):
+        await produce_all(infra.kafka_bootstrap, settings.notify_topic("sms"), sent)
+        await statuses_of(infra, settings, {d.notification_id for d in sent}, final=2)
+        erasure = Erasure(erasure_id=uuid.uuid4(), user_id=me, event_id="e-erase", requested_at=datetime.now(UTC))
+        async with TopicReader(infra.kafka_bootstrap, settings.erasure_status_topic) as reports:
+            await produce(infra.kafka_bootstrap, settings.erasure_topic, erasure.model_dump_json().encode(), key=me.encode())
+            [report] = await reports.wait_for(1, timeout=30)
+        erased = json.loads(report.value)["erased"]
+        assert (erased["twilio_deleted"], erased["twilio_pending"]) == (1, 1)  # the erasure was reported, not dead-lettered
+
+        async def all_gone():
+            return await sandbox.messages(phone) == [] and not await db.fetchval("SELECT count(*) FROM sms.provider_erasures WHERE user_id = $1", me)
+
+        await eventually(all_gone, timeout=30, what="the broken one erased on a later pass")
