@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install system-deps run test test-fast chaos audit lock schemas migrate topics clean help bench bench-router bench-email bench-inapp
+.PHONY: install system-deps run test test-fast chaos audit lock schemas migrate topics clean help bench bench-router bench-email bench-inapp bench-schedules
 
 help:
 	@echo "make run     start Kafka (embedded), PostgreSQL, Redis, every service and the sandbox"
@@ -17,6 +17,7 @@ help:
 	@echo "make lock    re-pin requirements.lock (tests too) and requirements.runtime.lock (the image) from pyproject.toml"
 	@echo "make bench   the whole pipeline end to end next to a Celery worker: throughput, CPU, latency, broadcast, memory"
 	@echo "make bench-router / bench-email / bench-inapp   print one service's throughput and latency figures"
+	@echo "make bench-schedules   release 10,000 schedules due at one second among 1,000,000 pending"
 
 install: $(STAMP)
 
@@ -82,6 +83,9 @@ bench: install
 
 bench-router: install
 	$(BIN)/python scripts/bench_router.py
+
+bench-schedules: install
+	$(BIN)/python scripts/bench_schedules.py
 
 bench-email: install
 	$(BIN)/python scripts/bench_email.py

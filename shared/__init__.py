@@ -4,7 +4,7 @@ Only the names in ``__all__`` are public; the ``_``-prefixed modules are private
 """
 
 from ._app import OutageBackoff, AppResources, KafkaResources, Resources, create_service
-from ._auth import AdminService, RecipientsService, TracesService, UserId, current_user, decode_user_token, service_with
+from ._auth import AdminService, PublishService, RecipientsService, TracesService, UserId, current_user, decode_user_token, service_with
 from ._audit import audit
 from ._keys import Scope, ServiceKey, hash_service_key, parse_service_keys
 from ._db import MigrationError, apply_migrations, create_pool, ensure_database, load_migrations
@@ -98,6 +98,7 @@ __all__ = [
     "Resources",
     "SenderPipeline",
     "AdminService",
+    "PublishService",
     "RecipientsService",
     "TracesService",
     "Scope",

@@ -116,5 +116,7 @@ UserId = Annotated[str, Depends(current_user)]
 RecipientsService = Annotated[str, Depends(service_with(Scope.recipients))]
 #: A service key with the scope to read traces and reports.
 TracesService = Annotated[str, Depends(service_with(Scope.traces))]
+#: A service key with the scope to publish events (the key's entry, with its sources, is on ``request.state.service_key``).
+PublishService = Annotated[str, Depends(service_with(Scope.publish))]
 #: A service key with the admin scope.
 AdminService = Annotated[str, Depends(service_with(Scope.admin))]

@@ -42,6 +42,12 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.schedules = Counter(
+            "herald_schedules_total",
+            "Scheduled sends and reminders by outcome: scheduled_sendat, scheduled_reminder, released, expired, cancelled, refused",
+            ["outcome"],
+            registry=registry,
+        )
         self.erased = Counter(
             "herald_erased_total",
             "Rows and Redis keys erasures removed or cleared, by store",

@@ -35,6 +35,10 @@ class Category(StrEnum):
 SWITCHABLE_CATEGORIES = tuple(c for c in Category if c is not Category.security)
 
 
+#: An RFC 3339 date-time (an offset or Z is required).
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -111,6 +115,25 @@ class CloudEvent(BaseModel):
         if problem:
             raise ValueError(problem)
         return self
+
+    @model_validator(mode="after")
+    def _send_at_readable(self) -> CloudEvent:
+        """``sendat`` (an extension attribute: when to send, RFC 3339 with an offset) must be a time Herald can keep to."""
+        self.send_at  # noqa: B018 - raises ValueError for one that is not
+        return self
+
+    @property
+    def send_at(self) -> datetime | None:
+        """When the producer wants the event's notifications sent (``sendat``); None: at once."""
+        raw = (self.__pydantic_extra__ or {}).get("sendat")
+        if raw is None:
+            return None
+        if not isinstance(raw, str) or not _RFC3339.match(raw):
+            raise ValueError(f"sendat must be an RFC 3339 time with an offset, e.g. 2026-12-01T14:00:00Z (got {str(raw)[:64]!r})")
+        try:
+            return datetime.fromisoformat(raw.replace("z", "Z"))
+        except ValueError as exc:
+            raise ValueError(f"sendat {raw[:64]!r} is not a time: {exc}") from None
 
     @property
     def area(self) -> str:

@@ -88,6 +88,13 @@ class BookingCancelled(BookingEvent):
     cancelled_by: UserId | None = None
 
 
+class BookingRescheduled(BookingEvent):
+    model_config = _example(
+        booking_id="b_42", student_id="u_1", instructor_id="u_2", title="Piano lesson", starts_at="2026-12-02T16:00:00Z", previous_starts_at="2026-12-01T15:00:00Z"
+    )
+    previous_starts_at: datetime | None = Field(default=None, description="When it was to start before")
+
+
 class LessonReminder(BookingEvent):
     model_config = _example(booking_id="b_42", student_id="u_1", instructor_id="u_2", title="Piano lesson", starts_at="2026-12-01T15:00:00Z", minutes_before=60)
     minutes_before: int = Field(default=60, ge=0)
@@ -205,6 +212,7 @@ EVENT_MODELS: dict[str, type[EventData]] = {
     "booking.created": BookingCreated,
     "booking.confirmed": BookingConfirmed,
     "booking.cancelled": BookingCancelled,
+    "booking.rescheduled": BookingRescheduled,
     "lesson.reminder": LessonReminder,
     "message.received": MessageReceived,
     "review.received": ReviewReceived,

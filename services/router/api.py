@@ -14,9 +14,9 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, sta
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from shared import AdminService, AppResources, CloudEvent, Outgoing, RecipientsService, TracesService, UserId, audit, publish_many
+from shared import AdminService, AppResources, CloudEvent, Outgoing, PublishService, RecipientsService, TracesService, UserId, audit, publish_many
 
-from . import logic, repo
+from . import logic, repo, schedules
 from .catalogue import Catalogue
 from .directory import recipients_of
 
@@ -281,8 +281,11 @@ class TraceItem(BaseModel):
     critical: bool
     template: str | None
     decided_at: datetime
-    decision: Literal["routed", "suppressed", "dead_lettered"]
-    reason: str = Field(description="routed, or why not: preference_off, no_address, phone_unverified, user_deleted, or the dead-letter reason")
+    decision: Literal["routed", "suppressed", "dead_lettered", "scheduled"]
+    reason: str = Field(
+        description="routed, or why not: preference_off, no_address, phone_unverified, user_deleted, schedule_cancelled, schedule_expired, "
+        "or the dead-letter reason; for the event's own 'scheduled' row: sendat or reminder (its detail says when it is due and when it was released)"
+    )
     detail: str | None
     deliveries: list[Delivery] = Field(description="What the channel's sender reported, in order")
     outcome: str = Field(description="The latest delivery status; pending while a routed notification has none; else the decision")
@@ -375,3 +378,55 @@ async def user_trace(
     async with res.pool.acquire() as conn:
         decisions = await repo.user_decisions(conn=conn, user_id=user_id, since=since, limit=limit + 1, after=cursor)
     return await _page(res, decisions, limit)
+
+
+# ---------------------------------------------------------------------------- schedules
+
+ScheduleKey = Annotated[str, Path(min_length=1, max_length=1024, pattern=_PRINTABLE, description="A cancellation key, e.g. booking:b_42")]
+Source = Annotated[str, Query(min_length=1, max_length=1024, pattern=_PRINTABLE, description="The CloudEvents source the schedules came from")]
+
+
+class ScheduleItem(BaseModel):
+    id: UUID
+    event_id: str
+    event_type: str
+    kind: Literal["sendat", "reminder"]
+    due_at: datetime
+    expires_at: datetime | None
+    created_at: datetime
+
+
+class ScheduleList(BaseModel):
+    source: str
+    key: str
+    items: list[ScheduleItem]
+
+
+class Cancelled(BaseModel):
+    source: str
+    key: str
+    cancelled: int = Field(description="How many pending schedules were cancelled (0: none was pending)")
+
+
+def _own_source(request: Request, source: str) -> None:
+    entry = request.state.service_key
+    if not entry.may_publish_from(source):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"the key {entry.name!r} may not act for source {source!r}")
+
+
+@api.get("/schedules/{key}", tags=["schedules"], summary="The pending schedules of a cancellation key (a key that may publish from the source)")
+async def list_schedules(key: ScheduleKey, source: Source, caller: PublishService, request: Request, res: AppResources) -> ScheduleList:
+    _own_source(request, source)
+    async with res.pool.acquire() as conn:
+        found = await schedules.pending(conn, source=source, key=key)
+    return ScheduleList(source=source, key=key, items=[ScheduleItem(**r) for r in found])
+
+
+@api.delete("/schedules/{key}", tags=["schedules"], summary="Cancel every pending schedule of a cancellation key (a key that may publish from the source)")
+async def cancel_schedules(key: ScheduleKey, source: Source, caller: PublishService, request: Request, res: AppResources) -> Cancelled:
+    _own_source(request, source)
+    clock = res.extra["schedules"].clock
+    async with res.pool.acquire() as conn, conn.transaction():
+        count = await schedules.cancel(conn, source=source, key=key, at=clock(), reason=f"cancelled through the API by {caller}", res=res)
+    audit(res.metrics, actor=caller, action="schedules.cancel", target=f"{source} {key}")
+    return Cancelled(source=source, key=key, cancelled=count)

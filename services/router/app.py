@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from fastapi import FastAPI
 
-from shared import Purge, Resources, create_service, erasure_router, retention
+from shared import Purge, Resources, create_service, erasure_router, retention, utcnow
 
 from .api import api
 from .broadcasts import Broadcasts
@@ -17,6 +17,7 @@ from .catalogue import load_catalogue
 from .directory import Recipients
 from .handlers import build_router, erase
 from .routing import BatchRouter, dispatch_producer_for
+from .schedules import Clock, Schedules
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,12 @@ def purges(settings: Settings) -> list[Purge]:
         Purge("router.decisions", "router.decisions", "decided_at < now() - $1::interval", trace),
         Purge("router.deliveries", "router.deliveries", "at < now() - $1::interval", trace),
         Purge("router.broadcasts", "router.broadcasts", "finished_at < now() - $1::interval", timedelta(days=settings.broadcast_retention_days)),
+        Purge("router.schedules", "router.schedules", "finished_at < now() - $1::interval", timedelta(days=settings.schedule_retention_days)),
     ]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> FastAPI:
+    """The router app; ``clock``: the time schedules are planned and released by (tests move it)."""
     settings = settings or Settings.load()
     catalogue = load_catalogue(settings.catalogue_path)
 
@@ -57,13 +60,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await walkers.stop()
 
+    @contextlib.asynccontextmanager
+    async def scheduler(res: Resources) -> AsyncIterator[None]:
+        schedules = Schedules(settings, catalogue, clock=clock)
+        res.extra["schedules"] = schedules
+        schedules.run(res)
+        try:
+            yield
+        finally:
+            await schedules.stop()
+
     app = create_service(
         settings,
         title="Herald router",
         description="Turns domain events into one dispatch per recipient and channel; keeps recipients, preferences and the decision trace.",
         kafka_routers=[build_router(settings, catalogue), erasure_router(settings, "router", erase)],
         api=api,
-        hooks=[recipients, dispatch_producer, broadcasts, retention(lambda: purges(settings))],
+        hooks=[recipients, dispatch_producer, scheduler, broadcasts, retention(lambda: purges(settings))],
     )
     app.state.catalogue = catalogue
     return app

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from shared import DeliveryStatus, Erasure, ErasureReport, KafkaResources, Outgoing, OutageBackoff, Resources, dead_letter, publish_many, subscriber_options
 
-from . import repo
+from . import repo, schedules
 from .catalogue import Catalogue
 from .directory import recipients_of
 from .routing import BatchRouter
@@ -70,9 +70,10 @@ def build_router(settings: Settings, catalogue: Catalogue) -> KafkaRouter:
 
 async def erase(erasure: Erasure, res: Resources) -> dict[str, int]:
     """The router's part of an erasure: the directory row was cleared when ``user.deleted`` was applied
-    (its tombstone stays); here the decision trace and delivery rows go, and the cached profile."""
+    (its tombstone stays); here the decision trace and delivery rows go, the user's schedules, and the cached profile."""
     async with res.pool.acquire() as conn:
         erased = await repo.erase_trace(conn=conn, user_id=erasure.user_id)
+        erased["schedules"] = await schedules.erase_user(conn, user_id=erasure.user_id)
     await recipients_of(res).cache.invalidate(erasure.user_id)
     return erased
 

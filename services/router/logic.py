@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -221,7 +222,7 @@ def decide(
     # dispatch is built without validating it again: this runs for every dispatch routed.
     # A unit test round-trips every catalogue dispatch through validation to keep this honest.
     dispatch = Dispatch.model_construct(
-        notification_id=notification_id(source=event.source, event_id=event.id, user_id=contact.user_id, channel=channel.value),
+        notification_id=notification_id(source=event.source, event_id=identity(notification, event, data), user_id=contact.user_id, channel=channel.value),
         event_id=event.id,
         event_source=event.source,
         event_type=event.type,
@@ -241,6 +242,35 @@ def decide(
         expires_at=expiry(notification, data, now or utcnow()),
     )
     return Decision(notification, contact.user_id, channel, dispatch, "routed")
+
+
+_LOOKS_LIKE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def key_of(template: str, data: dict[str, Any]) -> str:
+    """A catalogue key template (``"booking:{booking_id}"``) filled from ``data``; times as UTC ISO 8601, so one instant is one key."""
+    values = {}
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name is not None:
+            value = data.get(name)
+            if isinstance(value, str) and _LOOKS_LIKE_TIME.match(value):
+                try:
+                    value = datetime.fromisoformat(value)
+                except ValueError:
+                    pass
+            if isinstance(value, datetime):
+                value = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat().replace("+00:00", "Z")
+            values[name] = "" if value is None else value
+    return template.format_map(values)
+
+
+def identity(notification: Notification, event: CloudEvent, data: dict[str, Any]) -> str:
+    """What identifies a notification of ``event`` (with the source, user and channel): the event's id, or the catalogue's ``identity``."""
+    return event.id if notification.identity is None else key_of(notification.identity, data)
+
+
+def data_of(event: CloudEvent) -> dict[str, Any]:
+    return event.data if isinstance(event.data, dict) else {}
 
 
 def expiry(notification: Notification, data: dict[str, Any], now: datetime) -> datetime | None:
@@ -289,13 +319,14 @@ def route(
     return decisions
 
 
-def trace_rows(event: CloudEvent, decisions: Iterable[Decision]) -> list[dict[str, Any]]:
-    """The decision-trace rows of an event's decisions."""
+def trace_rows(event: CloudEvent, decisions: Iterable[Decision], data: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The decision-trace rows of an event's decisions (``data``: the event's validated data)."""
+    data = data_of(event) if data is None else data
     return [
         {
             "notification_id": d.dispatch.notification_id
             if d.dispatch is not None
-            else notification_id(source=event.source, event_id=event.id, user_id=d.user_id, channel=d.channel.value),
+            else notification_id(source=event.source, event_id=identity(d.notification, event, data), user_id=d.user_id, channel=d.channel.value),
             "event_id": event.id,
             "event_source": event.source,
             "event_type": event.type,

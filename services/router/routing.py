@@ -22,12 +22,13 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.partitioner import murmur2
 
-from shared import CloudEvent, Erasure, InvalidMessage, Outgoing, Resources, dead_letter, publish_many, utcnow
+from shared import CloudEvent, Erasure, InvalidMessage, Outgoing, Resources, dead_letter, describe, is_outage, publish_many, utcnow
 from shared._kafka import kafka_options
 
 from . import logic, repo
 from .catalogue import Catalogue, Notification
 from .directory import recipients_of
+from .schedules import Schedules, refusal, released_record
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ class BatchRouter:
         for item in items:
             if item.failed is None and item.event is not None and item.event.type in logic.DIRECTORY_TYPES:
                 await self.apply_directory(item, res)
-        routable = [i for i in items if i.failed is None and i.event is not None]
+        held = await self.hold(items, res)
+        routable = [i for n, i in enumerate(items) if i.failed is None and i.event is not None and n not in held]
         user_ids = {u for i in routable for users in i.recipients.values() if users for u in users}
         profiles = await directory.profiles(user_ids)
         # A chunk's trace rows and dead letters are written while the next chunk is decided
@@ -98,7 +100,9 @@ class BatchRouter:
         async with asyncio.TaskGroup() as group:
             for start in range(0, len(items), self.settings.route_chunk):
                 chunk = Chunk()
-                for item in items[start : start + self.settings.route_chunk]:
+                for n, item in enumerate(items[start : start + self.settings.route_chunk], start):
+                    if n in held:
+                        continue  # written to router.schedules: routed when it is released
                     if item.failed is not None:
                         chunk.dead.append(self.dead_letter(item, res, chunk.trace))
                     elif item.event is not None and item.notifications:
@@ -115,6 +119,27 @@ class BatchRouter:
         for item in routable:
             for notification in (n for n, users in item.recipients.items() if users is None):
                 await res.extra["broadcasts"].start(item, notification, res)
+
+    async def hold(self, items: list[Item], res: Resources) -> set[int]:
+        """Write the batch's schedules (docs/timing.md): the indices of the events held for their ``sendat``; one
+        refused by its source's quota becomes a dead letter. Cancellations and reminders are applied here too."""
+        schedules: Schedules = res.extra["schedules"]
+        try:
+            ops, held = schedules.plans_of(items, released=lambda item: released_record(item.record))
+            refused = await schedules.apply(ops, res)
+        except Exception as exc:
+            if is_outage(exc):
+                raise  # the batch is handed back and tried again
+            # Not the batch's fault as a whole: every event that asked something of schedules goes to dlq, the rest is routed.
+            log.error("schedules of a batch could not be written: %s", describe(exc))
+            asking = {n for n, item in enumerate(items) if item.event is not None and item.failed is None and schedules.asks(item)}
+            for n in asking:
+                items[n].failed = InvalidMessage("schedule_failed", describe(exc))
+            return set()
+        for plan in refused:
+            plan.item.failed = refusal(plan, self.settings.schedule_quota_per_source)
+            held.discard(next(n for n, i in enumerate(items) if i is plan.item))
+        return held
 
     def parse(self, record: ConsumerRecord, res: Resources) -> Item:
         """Parse and validate one record; unknown types are counted and left alone."""
@@ -198,7 +223,7 @@ class BatchRouter:
                         res.metrics.hops.labels("route", decision.channel.value).observe(max((decision.dispatch.created_at - event.time).total_seconds(), 0.0))
                     continue
             chunk.dispatches[(decision.channel.value, lane, "suppressed", decision.reason)] += 1
-        chunk.trace += logic.trace_rows(event, decisions)
+        chunk.trace += logic.trace_rows(event, decisions, item.data)
         if oversize and not item.too_large:
             # The event goes to the dead-letter topic once, so it can be replayed when the limit
             # allows: its other dispatches carry the same notification ids and are not sent twice.
@@ -278,11 +303,12 @@ async def enqueue(producer: AIOKafkaProducer, messages: Sequence[Outgoing]) -> l
             partitions[m.topic] = len(await producer.partitions_for(m.topic))
         tp = (m.topic, partition_of(key or b"", partitions[m.topic]))
         batch = batches.get(tp)
-        if batch is None or batch.append(key=key, value=value, timestamp=None) is None:
+        headers = [(k, v.encode()) for k, v in m.headers.items()] if m.headers else []
+        if batch is None or batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
             if batch is not None:
                 futures.append(await producer.send_batch(batch, tp[0], partition=tp[1]))
             batches[tp] = batch = producer.create_batch()
-            batch.append(key=key, value=value, timestamp=None)
+            batch.append(key=key, value=value, timestamp=None, headers=headers)
     for (topic, partition), batch in batches.items():
         futures.append(await producer.send_batch(batch, topic, partition=partition))
     return futures

@@ -42,6 +42,10 @@ class Settings(HeraldSettings):
     def export_urls(self) -> dict[str, str]:
         """``export_services`` as {service: base URL}."""
         return {name.strip(): url.strip().rstrip("/") for name, _, url in (e.partition("=") for e in self.export_services)}
+    schedule_poll_seconds: float = Field(default=0.5, gt=0)  # the longest a due schedule another instance planned waits to be seen
+    schedule_release_batch: int = Field(default=1000, ge=1)  # schedules released per transaction
+    schedule_quota_per_source: int = Field(default=100_000, ge=1)  # pending schedules one CloudEvents source may have
+    schedule_retention_days: float = Field(default=30, gt=0)  # released, cancelled and expired schedules are deleted this long after
     trace_retention_days: float = Field(default=30, gt=0)  # decision-trace rows older than this are pruned
     broadcast_retention_days: float = Field(default=7, gt=0)  # a finished broadcast's shards are deleted this long after
     trace_page_max: int = Field(default=1000, ge=1)  # most trace items one request returns

@@ -98,7 +98,7 @@ def test_templates_declare_the_data_fields_shown_beside_the_rendered_text(tmp_pa
     templates = MessageTemplates(TEMPLATES)
     assert templates.display_fields("new_message") == ("conversation_id", "message_id")  # never the preview: it is in the body
     assert templates.display_fields("password_changed") == ()
-    assert all(set(templates.display_fields(n)) <= {"booking_id", "starts_at", "conversation_id", "message_id", "review_id", "rating", "hall_id", "payout_id"} for n in templates.names())
+    assert all(set(templates.display_fields(n)) <= {"booking_id", "starts_at", "previous_starts_at", "conversation_id", "message_id", "review_id", "rating", "hall_id", "payout_id"} for n in templates.names())
     (tmp_path / "en.yaml").write_text("a:\n  title: t\n  display: booking_id\n")
     with pytest.raises(TemplateError, match="a.display must be a list"):
         MessageTemplates(tmp_path)

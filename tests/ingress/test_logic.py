@@ -68,7 +68,7 @@ def test_batches_are_bounded_and_non_empty():
 
 def test_events_are_checked_for_envelope_area_and_data():
     assert logic.check_event(event(), areas=AREAS).type == "booking.created"
-    assert logic.check_event(event(type="booking.rescheduled", data={"anything": 1}), areas=AREAS).data == {"anything": 1}
+    assert logic.check_event(event(type="booking.renamed", data={"anything": 1}), areas=AREAS).data == {"anything": 1}  # a type of a known area without a data model
     for raw, fragment in (
         (event(specversion="0.3"), "specversion"),
         (event(id=""), "id"),

@@ -44,7 +44,7 @@ def decisions_for(event_type: str, make_profile, **data_overrides):
 def test_the_catalogue_names_every_notification_of_the_design():
     expected = {
         "welcome", "booking_created_instructor", "booking_created_student", "booking_confirmed_student", "booking_confirmed_instructor",
-        "booking_cancelled", "lesson_reminder", "new_message", "new_review", "review_response", "hall_admin_alert", "new_device_login",
+        "booking_cancelled", "booking_rescheduled", "lesson_reminder", "new_message", "new_review", "review_response", "hall_admin_alert", "new_device_login",
         "password_changed", "two_factor_enabled", "two_factor_disabled", "payment_failed", "payout_sent", "learning_tip", "promotion",
         "system_update",
     }
@@ -63,7 +63,9 @@ def test_a_known_verified_user_gets_every_catalogue_channel(event_type, notifica
     for d in decisions:
         assert d.routed and d.reason == "routed"
         dispatch = d.dispatch
-        assert dispatch.notification_id == notification_id(source="tests", event_id=event.id, user_id=d.user_id, channel=d.channel.value)
+        # the event's id, or the catalogue's identity for it (lesson.reminder: one per booking, start and offset)
+        identity = event.id if d.notification.identity is None else logic.key_of(d.notification.identity, data)
+        assert dispatch.notification_id == notification_id(source="tests", event_id=identity, user_id=d.user_id, channel=d.channel.value)
         assert dispatch.template == d.notification.template
         assert dispatch.category == d.notification.category
         assert dispatch.critical == d.notification.critical == (d.notification.category is Category.security)
@@ -286,3 +288,60 @@ def test_the_catalogue_refuses_an_expiry_field_that_is_not_a_time(tmp_path):
     path.write_text("lesson.reminder:\n  - template: lesson_reminder\n    category: lesson_updates\n    channels: [email]\n    recipients: student_id\n    expires_at: title\n")
     with pytest.raises(CatalogueError, match="expires_at 'title' is not a time field"):
         load_catalogue(path)
+
+
+def _dispatch_ids(event: CloudEvent) -> set:
+    data = logic.validate_data(event)
+    notifications = CATALOGUE.get(event.type)
+    recipients = {n: logic.recipients_of(n, data) for n in notifications}
+    profiles = {u: _profile(known(u)) for us in recipients.values() for u in us}
+    return {d.dispatch.notification_id for d in logic.route(event, data, notifications, recipients, profiles, frontend_url=FRONTEND)}
+
+
+def test_a_reminder_herald_plans_and_one_a_producer_sends_for_the_same_booking_and_offset_are_one_notification():
+    from services.router.catalogue import Reminder
+    from services.router.schedules import reminder_event
+
+    booking = example_event("booking.created", starts_at="2031-05-06T15:00:00Z")
+    data = logic.validate_data(booking)
+    hour = reminder_event(booking, data, Reminder(type="lesson.reminder", before=timedelta(hours=1), at="starts_at"), datetime(2031, 5, 6, 14, tzinfo=UTC))
+    day = reminder_event(booking, data, Reminder(type="lesson.reminder", before=timedelta(hours=24), at="starts_at"), datetime(2031, 5, 5, 15, tzinfo=UTC))
+    # The producer's own, with another id and the start written in another offset: the same instant.
+    producers = CloudEvent(
+        specversion="1.0", id="producer-42", source="tests", type="lesson.reminder",
+        data={**{k: v for k, v in booking.data.items()}, "starts_at": "2031-05-06T17:00:00+02:00", "minutes_before": 60},
+    )
+    assert len(_dispatch_ids(hour)) == 7  # student: email, sms, push, inapp; instructor: email, push, inapp
+    assert _dispatch_ids(producers) == _dispatch_ids(hour)
+    assert not _dispatch_ids(day) & _dispatch_ids(hour)  # another offset is another reminder
+    moved = CloudEvent(**{**producers.model_dump(), "data": {**producers.data, "starts_at": "2031-05-07T15:00:00Z"}})
+    assert not _dispatch_ids(moved) & _dispatch_ids(hour)  # a new start is a new reminder
+
+
+BOOKING_ENTRY = "booking.created:\n  - {template: t, category: lesson_updates, channels: [email], recipients: student_id}\nlesson.reminder:\n  - {template: r, category: lesson_updates, channels: [email], recipients: student_id}\n"
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ("schedules:\n  booking.created: {key: 'booking:{bookingid}'}\n", "bookingid"),
+        ("schedules:\n  booking.created:\n    key: x\n    reminders: [{type: lesson.nagging, before: PT1H, at: starts_at}]\n", "lesson.nagging"),
+        ("schedules:\n  booking.created:\n    key: x\n    reminders: [{type: lesson.reminder, before: PT1H, at: title}]\n", "title"),
+        ("schedules:\n  booking.created:\n    key: x\n    reminders: [{type: lesson.reminder, before: -PT1H, at: starts_at}]\n", "before"),
+        ("schedules:\n  payout.paid: {key: x}\n", "payout.paid"),
+        ("schedules:\n  booking.created: {key: x, cancel: true}\n", "cancel"),
+    ],
+)
+def test_a_catalogue_with_a_wrong_schedule_rule_fails_clearly(tmp_path, rules, message):
+    path = tmp_path / "catalogue.yaml"
+    path.write_text(BOOKING_ENTRY + rules)
+    with pytest.raises(CatalogueError, match="schedules") as err:
+        load_catalogue(path)
+    assert message in str(err.value)
+
+
+def test_the_catalogues_reminders_and_keys():
+    created = CATALOGUE.schedules["booking.created"]
+    assert [(r.type, r.before, r.at) for r in created.reminders] == [("lesson.reminder", timedelta(hours=24), "starts_at"), ("lesson.reminder", timedelta(hours=1), "starts_at")]
+    assert {t for t, rule in CATALOGUE.schedules.items() if rule.cancels} == {"booking.cancelled", "booking.rescheduled"}
+    assert {rule.key for rule in CATALOGUE.schedules.values()} == {"booking:{booking_id}"}
