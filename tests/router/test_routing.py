@@ -57,7 +57,7 @@ async def test_bad_input_is_dead_lettered_with_the_reason_and_routing_goes_on(ro
     ]
     for value, _ in bad:
         await router.send("booking.created", value)
-    await router.publish("booking.rescheduled", {"user_id": user})
+    await router.publish("booking.renamed", {"user_id": user})  # a type of a known area the catalogue does not know: skipped
     good = await router.publish("message.received", {"message_id": "m", "conversation_id": "c", "sender_id": "s", "sender_name": "S", "recipient_id": user, "preview": "hi"})
     assert len(await router.trace(good["id"], 3)) == 3
     async with TopicReader(router.infra.kafka_bootstrap, router.settings.dlq_topic) as dlq:
