@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -34,6 +34,9 @@ class Category(StrEnum):
 #: Categories a user may switch on and off (``security`` is always on).
 SWITCHABLE_CATEGORIES = tuple(c for c in Category if c is not Category.security)
 
+
+#: How far ahead ``sendat`` may be (a schedule holds a quota slot until then).
+SENDAT_HORIZON = timedelta(days=366)
 
 #: An RFC 3339 date-time (an offset or Z is required).
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
@@ -131,9 +134,13 @@ class CloudEvent(BaseModel):
         if not isinstance(raw, str) or not _RFC3339.match(raw):
             raise ValueError(f"sendat must be an RFC 3339 time with an offset, e.g. 2026-12-01T14:00:00Z (got {str(raw)[:64]!r})")
         try:
-            return datetime.fromisoformat(raw.replace("z", "Z"))
-        except ValueError as exc:
+            when = datetime.fromisoformat(raw.replace("z", "Z"))
+            utc = when.astimezone(UTC)
+        except (ValueError, OverflowError) as exc:
             raise ValueError(f"sendat {raw[:64]!r} is not a time: {exc}") from None
+        if utc > utcnow() + SENDAT_HORIZON:
+            raise ValueError(f"sendat {raw[:64]!r} is more than {SENDAT_HORIZON.days} days ahead")
+        return when
 
     @property
     def area(self) -> str:

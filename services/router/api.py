@@ -260,6 +260,81 @@ async def patch_user_preferences(body: PreferencesPatch, user_id: UserPath, call
     return changed
 
 
+# ---------------------------------------------------------------------------- quiet hours
+
+_CLOCK = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class QuietHours(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"start": "22:00", "end": "07:00"}]})
+
+    start: str = Field(pattern=_CLOCK, description="HH:MM on the user's wall clock (their time zone in the directory)")
+    end: str = Field(pattern=_CLOCK, description="HH:MM; before start: the window spans midnight")
+
+    @field_validator("end")
+    @classmethod
+    def _not_empty(cls, end: str, info: Any) -> str:
+        if info.data.get("start") == end:
+            raise ValueError("start and end are the same time: no window")
+        return end
+
+    def window(self) -> tuple[Any, Any]:
+        from datetime import time as clock
+
+        return clock.fromisoformat(self.start), clock.fromisoformat(self.end)
+
+
+class QuietHoursState(BaseModel):
+    user_id: str
+    quiet_hours: QuietHours | None = Field(description="None: no quiet hours (the default)")
+    timezone: str = Field(description="The zone the window is read in (the recipients directory; UTC when unknown)")
+
+
+async def _quiet(res: Any, user_id: str) -> QuietHoursState:
+    async with res.pool.acquire() as conn:
+        window = await repo.quiet_hours(conn=conn, user_id=user_id)
+        directory, _, _ = await repo.recipient(conn=conn, user_id=user_id)
+    hours = QuietHours(start=window[0].strftime("%H:%M"), end=window[1].strftime("%H:%M")) if window else None
+    return QuietHoursState(user_id=user_id, quiet_hours=hours, timezone=directory.timezone if directory else "UTC")
+
+
+async def _set_quiet(res: Any, user_id: str, body: QuietHours | None) -> QuietHoursState:
+    if not await recipients_of(res).set_quiet_hours(user_id, body.window() if body else None):
+        raise HTTPException(status.HTTP_410_GONE, detail="this user was deleted; nothing is recorded for it")
+    return await _quiet(res, user_id)
+
+
+_QUIET = "Non-critical email, SMS and push in the window wait until it ends; in-app and security notifications never wait (docs/timing.md)"
+_QUIET_RESPONSES: dict[int | str, dict[str, Any]] = {410: {"description": "The user was deleted (erased)"}}
+
+
+@api.get("/quiet-hours", tags=["preferences"], summary="The authenticated user's quiet hours", description=_QUIET)
+async def get_my_quiet_hours(user_id: OwnUser, res: AppResources) -> QuietHoursState:
+    return await _quiet(res, user_id)
+
+
+@api.put("/quiet-hours", tags=["preferences"], summary="Set the authenticated user's quiet hours", description=_QUIET, responses=_QUIET_RESPONSES)
+async def put_my_quiet_hours(body: QuietHours, user_id: OwnUser, res: AppResources) -> QuietHoursState:
+    return await _set_quiet(res, user_id, body)
+
+
+@api.delete("/quiet-hours", tags=["preferences"], summary="Remove the authenticated user's quiet hours", responses=_QUIET_RESPONSES)
+async def delete_my_quiet_hours(user_id: OwnUser, res: AppResources) -> QuietHoursState:
+    return await _set_quiet(res, user_id, None)
+
+
+@api.get("/users/{user_id}/quiet-hours", tags=["preferences"], summary="A user's quiet hours (service API key)", description=_QUIET)
+async def get_user_quiet_hours(user_id: UserPath, caller: RecipientsService, res: AppResources) -> QuietHoursState:
+    return await _quiet(res, user_id)
+
+
+@api.put("/users/{user_id}/quiet-hours", tags=["preferences"], summary="Set a user's quiet hours (service API key)", description=_QUIET, responses=_QUIET_RESPONSES)
+async def put_user_quiet_hours(body: QuietHours, user_id: UserPath, caller: RecipientsService, res: AppResources) -> QuietHoursState:
+    changed = await _set_quiet(res, user_id, body)
+    audit(res.metrics, actor=caller, action="quiet_hours.put", target=user_id)
+    return changed
+
+
 # ---------------------------------------------------------------------------- trace
 
 
@@ -281,10 +356,11 @@ class TraceItem(BaseModel):
     critical: bool
     template: str | None
     decided_at: datetime
-    decision: Literal["routed", "suppressed", "dead_lettered", "scheduled"]
+    decision: Literal["routed", "suppressed", "dead_lettered", "scheduled", "held"]
     reason: str = Field(
         description="routed, or why not: preference_off, no_address, phone_unverified, user_deleted, schedule_cancelled, schedule_expired, "
-        "or the dead-letter reason; for the event's own 'scheduled' row: sendat or reminder (its detail says when it is due and when it was released)"
+        "or the dead-letter reason; for the event's own 'scheduled' row: sendat or reminder (its detail says when it is due and when it was released); "
+        "for a 'held' one: quiet_hours (its detail says until when, and when it was released)"
     )
     detail: str | None
     deliveries: list[Delivery] = Field(description="What the channel's sender reported, in order")
@@ -382,7 +458,7 @@ async def user_trace(
 
 # ---------------------------------------------------------------------------- schedules
 
-ScheduleKey = Annotated[str, Path(min_length=1, max_length=1024, pattern=_PRINTABLE, description="A cancellation key, e.g. booking:b_42")]
+ScheduleKey = Annotated[str, Path(min_length=1, max_length=2048, pattern=_PRINTABLE, description="A cancellation key, e.g. booking:b_42 (it may contain /)")]
 Source = Annotated[str, Query(min_length=1, max_length=1024, pattern=_PRINTABLE, description="The CloudEvents source the schedules came from")]
 
 
@@ -414,7 +490,10 @@ def _own_source(request: Request, source: str) -> None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"the key {entry.name!r} may not act for source {source!r}")
 
 
-@api.get("/schedules/{key}", tags=["schedules"], summary="The pending schedules of a cancellation key (a key that may publish from the source)")
+_SOURCE_RESPONSES: dict[int | str, dict[str, Any]] = {403: {"description": "The key lacks the publish scope, or may not publish from this source"}}
+
+
+@api.get("/schedules/{key:path}", tags=["schedules"], summary="The pending schedules of a cancellation key (a key that may publish from the source)", responses=_SOURCE_RESPONSES)
 async def list_schedules(key: ScheduleKey, source: Source, caller: PublishService, request: Request, res: AppResources) -> ScheduleList:
     _own_source(request, source)
     async with res.pool.acquire() as conn:
@@ -422,11 +501,11 @@ async def list_schedules(key: ScheduleKey, source: Source, caller: PublishServic
     return ScheduleList(source=source, key=key, items=[ScheduleItem(**r) for r in found])
 
 
-@api.delete("/schedules/{key}", tags=["schedules"], summary="Cancel every pending schedule of a cancellation key (a key that may publish from the source)")
+@api.delete("/schedules/{key:path}", tags=["schedules"], summary="Cancel every pending schedule of a cancellation key (a key that may publish from the source)", responses=_SOURCE_RESPONSES)
 async def cancel_schedules(key: ScheduleKey, source: Source, caller: PublishService, request: Request, res: AppResources) -> Cancelled:
     _own_source(request, source)
     clock = res.extra["schedules"].clock
     async with res.pool.acquire() as conn, conn.transaction():
-        count = await schedules.cancel(conn, source=source, key=key, at=clock(), reason=f"cancelled through the API by {caller}", res=res)
+        count = await schedules.cancel(conn, source=source, key=key, at=clock(), reason=f"cancelled through the API by {caller}", res=res, now=clock())
     audit(res.metrics, actor=caller, action="schedules.cancel", target=f"{source} {key}")
     return Cancelled(source=source, key=key, cancelled=count)

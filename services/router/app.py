@@ -10,6 +10,7 @@ from datetime import timedelta
 from fastapi import FastAPI
 
 from shared import Purge, Resources, create_service, erasure_router, retention, utcnow
+from shared._models import SENDAT_HORIZON
 
 from .api import api
 from .broadcasts import Broadcasts
@@ -27,10 +28,18 @@ def purges(settings: Settings) -> list[Purge]:
     """What the router deletes by age (docs/data.md): the decision trace and finished broadcasts."""
     trace = timedelta(days=settings.trace_retention_days)
     return [
-        Purge("router.decisions", "router.decisions", "decided_at < now() - $1::interval", trace),
+        Purge(
+            "router.decisions", "router.decisions",
+            # a schedule's trace row stays while the schedule is pending (it can be months ahead)
+            "decided_at < now() - $1::interval AND NOT (decision IN ('scheduled', 'held') AND EXISTS "
+            "(SELECT 1 FROM router.schedules s WHERE s.trace_id = router.decisions.notification_id AND s.status = 'pending'))",
+            trace,
+        ),
         Purge("router.deliveries", "router.deliveries", "at < now() - $1::interval", trace),
         Purge("router.broadcasts", "router.broadcasts", "finished_at < now() - $1::interval", timedelta(days=settings.broadcast_retention_days)),
         Purge("router.schedules", "router.schedules", "finished_at < now() - $1::interval", timedelta(days=settings.schedule_retention_days)),
+        # a cancellation matters to schedules of older events arriving late: no sendat is further ahead than this
+        Purge("router.schedule_cancellations", "router.schedule_cancellations", "cancelled_at < now() - $1::interval", SENDAT_HORIZON * 2),
     ]
 
 

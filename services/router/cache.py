@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from datetime import time
 from typing import Any
 
 from redis.asyncio import Redis
@@ -37,16 +38,20 @@ _VERSION_TTL = 7 * 24 * 3600
 def encode(profile: Profile) -> bytes:
     c = profile.contact
     contact = None if not c.known and not c.deleted else [c.email, c.phone, c.phone_verified, c.locale, c.timezone, c.deleted]
-    return json.dumps({"c": contact, "p": [[k[0], k[1], v] for k, v in profile.preferences.items()]}, separators=(",", ":")).encode()
+    doc: dict[str, Any] = {"c": contact, "p": [[k[0], k[1], v] for k, v in profile.preferences.items()]}
+    if profile.quiet is not None:
+        doc["q"] = [profile.quiet[0].isoformat(), profile.quiet[1].isoformat()]
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def decode(user_id: str, raw: bytes) -> Profile:
     doc = json.loads(raw)
     prefs = {(cat, ch): enabled for cat, ch, enabled in doc["p"]}
+    quiet = (time.fromisoformat(doc["q"][0]), time.fromisoformat(doc["q"][1])) if doc.get("q") else None
     if doc["c"] is None:
-        return Profile.unknown(user_id, prefs)
+        return Profile(Contact(user_id, known=False), prefs, quiet)
     email, phone, verified, locale, timezone, deleted = doc["c"]
-    return Profile(Contact(user_id, email, phone, verified, locale, timezone, deleted), prefs)
+    return Profile(Contact(user_id, email, phone, verified, locale, timezone, deleted), prefs, quiet)
 
 
 class ProfileCache:

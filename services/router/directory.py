@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 
 from shared import Resources
 
@@ -39,8 +39,8 @@ class Recipients:
             async with self.res.pool.acquire() as conn:
                 rows = await repo.profiles(conn=conn, user_ids=list(misses))
             loaded = {
-                user_id: Profile(logic.contact_of(row, user_id, deleted=deleted), prefs)
-                for user_id, (row, deleted, prefs) in rows.items()
+                user_id: Profile(logic.contact_of(row, user_id, deleted=deleted), prefs, quiet)
+                for user_id, (row, deleted, prefs, quiet) in rows.items()
             }
             await self.cache.fill(loaded, misses)
             return {**hits, **loaded}
@@ -78,6 +78,14 @@ class Recipients:
         """Record a user's choices; False when the user was deleted (nothing is recorded)."""
         async with self.res.pool.acquire() as conn:
             written = await repo.set_preferences(conn=conn, user_id=user_id, changes=changes)
+        await self.cache.invalidate(user_id)
+        return written
+
+
+    async def set_quiet_hours(self, user_id: str, window: tuple[time, time] | None) -> bool:
+        """Set or remove a user's quiet hours; False when the user was deleted (nothing is recorded)."""
+        async with self.res.pool.acquire() as conn:
+            written = await repo.set_quiet_hours(conn=conn, user_id=user_id, window=window)
         await self.cache.invalidate(user_id)
         return written
 

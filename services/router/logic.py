@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -49,10 +50,12 @@ class Contact:
 
 @dataclass(frozen=True)
 class Profile:
-    """A recipient's contact and explicit preference choices ((category, channel) → enabled)."""
+    """A recipient's contact, explicit preference choices ((category, channel) → enabled) and quiet hours."""
 
     contact: Contact
     preferences: Preferences = field(default_factory=dict)
+    quiet: tuple[time, time] | None = None  # (start, end) in the user's time zone: non-critical email, SMS and push wait
+
 
     @classmethod
     def unknown(cls, user_id: str, preferences: Preferences | None = None) -> Profile:
@@ -259,14 +262,45 @@ def key_of(template: str, data: dict[str, Any]) -> str:
                 except ValueError:
                     pass
             if isinstance(value, datetime):
-                value = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat().replace("+00:00", "Z")
+                try:
+                    value = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat().replace("+00:00", "Z")
+                except (OverflowError, ValueError):  # a time UTC cannot hold (year 1 with an offset): kept as written
+                    value = data.get(name)
             values[name] = "" if value is None else value
     return template.format_map(values)
 
 
 def identity(notification: Notification, event: CloudEvent, data: dict[str, Any]) -> str:
-    """What identifies a notification of ``event`` (with the source, user and channel): the event's id, or the catalogue's ``identity``."""
-    return event.id if notification.identity is None else key_of(notification.identity, data)
+    """What identifies a notification of ``event`` (with the source, user and channel): the event's id, or the catalogue's
+    ``identity`` when the event itself names every field of it (a default filled in by the data model does not count:
+    two reminders that both leave ``minutes_before`` out are not one). Prefixed so that no event id can equal it."""
+    if notification.identity is None:
+        return event.id
+    raw = data_of(event)
+    if any(name not in raw for _, name, _, _ in string.Formatter().parse(notification.identity) if name is not None):
+        return event.id
+    return f"identity|{event.type}|{key_of(notification.identity, data)}"
+
+
+@functools.lru_cache(maxsize=256)
+def _user_fields(event_type: str) -> tuple[str, ...]:
+    """The fields of an event type's data that hold user ids (one, or a list)."""
+    model = EVENT_MODELS.get(event_type)
+    if model is None:
+        return ()
+    marker = "A user id of the host application"
+    return tuple(name for name, f in model.model_fields.items() if f.description == marker or marker in str(f.annotation))
+
+
+def user_ids_of(event_type: str, data: dict[str, Any]) -> tuple[str, ...]:
+    """Every user an event's data names (recipients, senders, who cancelled): what an erasure finds it by."""
+    found: set[str] = set()
+    for name in _user_fields(event_type):
+        value = data.get(name)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and v:
+                found.add(v)
+    return tuple(sorted(found))
 
 
 def data_of(event: CloudEvent) -> dict[str, Any]:
@@ -499,3 +533,49 @@ def _datetime(value: Any) -> datetime | None:
 
 def _summary(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors()[:5])
+
+
+# ---------------------------------------------------------------------------- quiet hours
+
+#: Channels quiet hours hold (in-app is never held: it makes no sound).
+QUIET_CHANNELS = frozenset({Channel.email, Channel.sms, Channel.push})
+
+
+def quiet_until(now: datetime, timezone: str, window: tuple[time, time]) -> datetime | None:
+    """When the user's quiet hours end, if ``now`` is inside them (else None): the next ``end`` on the wall clock
+    of ``timezone``. A window whose start is after its end spans midnight (22:00-07:00). An end a DST change
+    skips (spring forward) is the first instant after the gap; one it repeats (fall back) is its next occurrence."""
+    start, end = window
+    try:
+        zone = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = ZoneInfo("UTC")
+    local = now.astimezone(zone)
+    t = local.time().replace(tzinfo=None)
+    inside = start <= t < end if start < end else (t >= start or t < end)
+    if not inside:
+        return None
+    day = local.date() if t < end else local.date() + timedelta(days=1)
+    for _ in range(3):  # the end's first instant after now: its first occurrence, its repeat (fall back), else the next day's
+        for instant in _wall_clock(day, end, zone):
+            if instant > now:
+                return instant
+        day += timedelta(days=1)
+    return now
+
+
+def _wall_clock(day: Any, at: time, zone: ZoneInfo) -> list[datetime]:
+    """The instants (UTC) the wall clock of ``zone`` shows ``at`` on ``day``: one, two when a DST change repeats
+    it, or the first instant after the gap when one skips it."""
+    candidate = datetime.combine(day, at)
+    for _ in range(24 * 60):
+        found = []
+        for fold in (0, 1):
+            local = candidate.replace(tzinfo=zone, fold=fold)
+            instant = local.astimezone(UTC)
+            if instant.astimezone(zone).replace(tzinfo=None) == candidate and instant not in found:
+                found.append(instant)
+        if found:
+            return sorted(found)
+        candidate += timedelta(minutes=1)  # skipped by a DST change: the first minute that exists
+    return [candidate.replace(tzinfo=zone).astimezone(UTC)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, time
 from typing import Any
 from uuid import UUID
 
@@ -77,21 +77,52 @@ async def delete_recipient(*, conn: Any, user_id: str) -> None:
         user_id,
     )
     await conn.execute("DELETE FROM router.preferences WHERE user_id = $1", user_id)
+    await conn.execute("DELETE FROM router.quiet_hours WHERE user_id = $1", user_id)
 
 
-async def profiles(*, conn: Any, user_ids: Sequence[str]) -> dict[str, tuple[Directory | None, bool, dict[tuple[str, str], bool]]]:
-    """For each user id: directory row (None if unknown or deleted), deleted flag, explicit preferences."""
+Found = tuple[Directory | None, bool, dict[tuple[str, str], bool], tuple[time, time] | None]
+
+
+async def profiles(*, conn: Any, user_ids: Sequence[str]) -> dict[str, Found]:
+    """For each user id: directory row (None if unknown or deleted), deleted flag, explicit preferences, quiet hours."""
     rows = await conn.fetch(f"SELECT {_RECIPIENT_COLUMNS} FROM router.recipients WHERE user_id = ANY($1::text[])", list(user_ids))
     prefs = await conn.fetch(
         "SELECT user_id, category, channel, enabled FROM router.preferences WHERE user_id = ANY($1::text[])", list(user_ids)
     )
-    found: dict[str, tuple[Directory | None, bool, dict[tuple[str, str], bool]]] = {u: (None, False, {}) for u in user_ids}
+    quiet = await conn.fetch("SELECT user_id, starts, ends FROM router.quiet_hours WHERE user_id = ANY($1::text[])", list(user_ids))
+    found: dict[str, list[Any]] = {u: [None, False, {}, None] for u in user_ids}
     for row in rows:
         deleted = row["deleted_at"] is not None
-        found[row["user_id"]] = (None if deleted else _directory(row), deleted, {})
+        found[row["user_id"]][:2] = [None if deleted else _directory(row), deleted]
     for p in prefs:
         found[p["user_id"]][2][(p["category"], p["channel"])] = p["enabled"]
-    return found
+    for q in quiet:
+        found[q["user_id"]][3] = (q["starts"], q["ends"])
+    return {u: (f[0], f[1], f[2], f[3]) for u, f in found.items()}
+
+
+async def quiet_hours(*, conn: Any, user_id: str) -> tuple[time, time] | None:
+    row = await conn.fetchrow("SELECT starts, ends FROM router.quiet_hours WHERE user_id = $1", user_id)
+    return (row["starts"], row["ends"]) if row else None
+
+
+async def set_quiet_hours(*, conn: Any, user_id: str, window: tuple[time, time] | None) -> bool:
+    """Set (or with None, remove) a user's quiet hours; False, changing nothing, when the user was deleted."""
+    async with conn.transaction():
+        await _lock_user(conn, user_id)
+        if await conn.fetchval("SELECT true FROM router.recipients WHERE user_id = $1 AND deleted_at IS NOT NULL", user_id):
+            return False
+        if window is None:
+            await conn.execute("DELETE FROM router.quiet_hours WHERE user_id = $1", user_id)
+        else:
+            await conn.execute(
+                """
+                INSERT INTO router.quiet_hours (user_id, starts, ends) VALUES ($1, $2, $3)
+                ON CONFLICT (user_id) DO UPDATE SET starts = EXCLUDED.starts, ends = EXCLUDED.ends, updated_at = now()
+                """,
+                user_id, *window,
+            )
+    return True
 
 
 async def active_user_ids(*, conn: Any, after: str | None, limit: int) -> list[str]:
@@ -293,6 +324,10 @@ async def export(*, conn: Any, user_id: str) -> dict[str, Any]:
     return {
         "recipient": recipient[0] if recipient else None,
         "preferences": await rows(conn, "SELECT category, channel, enabled, updated_at FROM router.preferences WHERE user_id = $1 ORDER BY category, channel", user_id),
+        "quiet_hours": await rows(conn, "SELECT starts, ends, updated_at FROM router.quiet_hours WHERE user_id = $1", user_id),
+        "schedules": await rows(
+            conn, "SELECT id, source, event_id, event_type, kind, status, due_at, created_at FROM router.schedules WHERE user_ids @> ARRAY[$1]::text[] ORDER BY due_at", user_id
+        ),
         "decisions": await rows(conn, "SELECT * FROM router.decisions WHERE user_id = $1 ORDER BY decided_at, notification_id", user_id),
         "deliveries": await rows(
             conn,

@@ -17,6 +17,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
@@ -28,7 +29,7 @@ from shared._kafka import kafka_options
 from . import logic, repo
 from .catalogue import Catalogue, Notification
 from .directory import recipients_of
-from .schedules import Schedules, refusal, released_record
+from .schedules import Plan, Schedules, key_for, refusal, schedule_id
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class Chunk:
 
     out: list[Outgoing] = field(default_factory=list)  # dispatches
     dead: list[Outgoing] = field(default_factory=list)  # dead letters
+    holds: list[Plan] = field(default_factory=list)  # dispatches held by their users' quiet hours
     trace: list[dict[str, Any]] = field(default_factory=list)
     dispatches: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
     events: Counter[str] = field(default_factory=Counter)
@@ -124,8 +126,11 @@ class BatchRouter:
         """Write the batch's schedules (docs/timing.md): the indices of the events held for their ``sendat``; one
         refused by its source's quota becomes a dead letter. Cancellations and reminders are applied here too."""
         schedules: Schedules = res.extra["schedules"]
+        released, cancelled = await schedules.releases(items, res)
         try:
-            ops, held = schedules.plans_of(items, released=lambda item: released_record(item.record))
+            released_items = {id(items[n]) for n in released}
+            ops, held = schedules.plans_of(items, released=lambda item: id(item) in released_items)
+            held |= cancelled  # released just as its key was cancelled: not routed
             refused = await schedules.apply(ops, res)
         except Exception as exc:
             if is_outage(exc):
@@ -202,9 +207,11 @@ class BatchRouter:
         event = item.event
         assert event is not None
         decisions = logic.route(
-            event, item.data, notifications, recipients, profiles, frontend_url=self.settings.frontend_url, link_hosts=self.settings.link_hosts  # type: ignore[arg-type]
+            event, item.data, notifications, recipients, profiles, frontend_url=self.settings.frontend_url, link_hosts=self.settings.link_hosts,  # type: ignore[arg-type]
+            now=res.extra["schedules"].clock(),
         )
         oversize: list[tuple[int, str]] = []  # (bytes, detail)
+        held: dict[Any, datetime] = {}  # notification id → when its user's quiet hours end
         for i, decision in enumerate(decisions):
             critical = decision.notification.critical
             lane = "critical" if critical else "normal"
@@ -216,14 +223,25 @@ class BatchRouter:
                     oversize.append((len(value), detail))
                     decisions[i] = decision = dataclasses.replace(decision, dispatch=None, reason="dispatch_too_large", detail=detail)
                 else:
-                    chunk.dispatches[(decision.channel.value, lane, "routed", "")] += 1
                     topic = self.settings.notify_topic(decision.channel.value, critical=critical)
+                    until = self.quiet_until(decision, profiles, res)
+                    if until is not None:
+                        chunk.dispatches[(decision.channel.value, lane, "held", "quiet_hours")] += 1
+                        chunk.holds.append(self.hold_plan(item, decision.dispatch, value, topic, until))
+                        held[decision.dispatch.notification_id] = until
+                        continue
+                    chunk.dispatches[(decision.channel.value, lane, "routed", "")] += 1
                     chunk.out.append(Outgoing(topic, value, key=decision.user_id))
                     if event.time is not None:
                         res.metrics.hops.labels("route", decision.channel.value).observe(max((decision.dispatch.created_at - event.time).total_seconds(), 0.0))
                     continue
             chunk.dispatches[(decision.channel.value, lane, "suppressed", decision.reason)] += 1
-        chunk.trace += logic.trace_rows(event, decisions, item.data)
+        rows = logic.trace_rows(event, decisions, item.data)
+        for row in rows:
+            until = held.get(row["notification_id"])
+            if until is not None:
+                row.update(decision="held", reason="quiet_hours", detail=f"held by the user's quiet hours until {until.isoformat()}")
+        chunk.trace += rows
         if oversize and not item.too_large:
             # The event goes to the dead-letter topic once, so it can be replayed when the limit
             # allows: its other dispatches carry the same notification ids and are not sent twice.
@@ -231,6 +249,27 @@ class BatchRouter:
             summary = f"{len(oversize)} dispatch(es) too large; the largest: {max(oversize)[1]}"
             item.failed = InvalidMessage("dispatch_too_large", summary)
             chunk.dead.append(self.dead_letter(item, res, chunk.trace, count_event=False))
+
+    def quiet_until(self, decision: logic.Decision, profiles: dict[str, logic.Profile], res: Resources) -> datetime | None:
+        """When the user's quiet hours end, for a non-critical email, SMS or push routed inside them; else None."""
+        if decision.notification.critical or decision.channel not in logic.QUIET_CHANNELS:
+            return None
+        profile = profiles.get(decision.user_id)
+        if profile is None or profile.quiet is None:
+            return None
+        return logic.quiet_until(res.extra["schedules"].clock(), profile.contact.timezone, profile.quiet)
+
+    def hold_plan(self, item: Item, dispatch: Any, value: bytes, topic: str, until: datetime) -> Plan:
+        """The schedule that sends a held dispatch when the quiet hours end (cancelled with its event's key)."""
+        event = item.event
+        assert event is not None
+        rule = self.catalogue.schedules.get(event.type)
+        return Plan(
+            id=schedule_id(event.source, f"held|{dispatch.notification_id}"), source=event.source, key=key_for(rule, event, item.data),
+            event_id=event.id, event_type=event.type, body=value, partition_key=dispatch.recipient.user_id.encode(), kind="held",
+            due_at=until, event_time=min(event.time, dispatch.created_at) if event.time is not None else dispatch.created_at,
+            expires_at=dispatch.expires_at, user_ids=(dispatch.recipient.user_id,), topic=topic, trace_id=dispatch.notification_id,
+        )
 
     def dead_letter(self, item: Item, res: Resources, trace: list[dict[str, Any]], *, count_event: bool = True) -> Outgoing:
         exc, record = item.failed, item.record
@@ -261,7 +300,11 @@ class BatchRouter:
                     async with res.pool.acquire() as conn:
                         await repo.record_decisions(conn=conn, rows=chunk.trace)
 
-            await asyncio.gather(decisions(), publish_many(res.broker, chunk.dead))
+            async def holds() -> None:
+                if chunk.holds:
+                    await res.extra["schedules"].hold(chunk.holds, res)
+
+            await asyncio.gather(decisions(), holds(), publish_many(res.broker, chunk.dead))
         finally:
             if release is not None:
                 release.release()

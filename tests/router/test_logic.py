@@ -64,7 +64,7 @@ def test_a_known_verified_user_gets_every_catalogue_channel(event_type, notifica
         assert d.routed and d.reason == "routed"
         dispatch = d.dispatch
         # the event's id, or the catalogue's identity for it (lesson.reminder: one per booking, start and offset)
-        identity = event.id if d.notification.identity is None else logic.key_of(d.notification.identity, data)
+        identity = event.id if d.notification.identity is None else "identity|lesson.reminder|reminder:b_42:2026-12-01T15:00:00Z:60"
         assert dispatch.notification_id == notification_id(source="tests", event_id=identity, user_id=d.user_id, channel=d.channel.value)
         assert dispatch.template == d.notification.template
         assert dispatch.category == d.notification.category
@@ -316,6 +316,11 @@ def test_a_reminder_herald_plans_and_one_a_producer_sends_for_the_same_booking_a
     assert not _dispatch_ids(day) & _dispatch_ids(hour)  # another offset is another reminder
     moved = CloudEvent(**{**producers.model_dump(), "data": {**producers.data, "starts_at": "2031-05-07T15:00:00Z"}})
     assert not _dispatch_ids(moved) & _dispatch_ids(hour)  # a new start is a new reminder
+    # A producer's reminder that leaves minutes_before to the model's default is identified by its own id:
+    # two such reminders (24 h and 1 h, say) are two notifications, and neither is taken for Herald's.
+    unspecified = [CloudEvent(**{**producers.model_dump(), "id": f"p-{n}", "data": {k: v for k, v in producers.data.items() if k != "minutes_before"}}) for n in (1, 2)]
+    assert not _dispatch_ids(unspecified[0]) & _dispatch_ids(unspecified[1])
+    assert not _dispatch_ids(unspecified[0]) & _dispatch_ids(hour)
 
 
 BOOKING_ENTRY = "booking.created:\n  - {template: t, category: lesson_updates, channels: [email], recipients: student_id}\nlesson.reminder:\n  - {template: r, category: lesson_updates, channels: [email], recipients: student_id}\n"
@@ -345,3 +350,38 @@ def test_the_catalogues_reminders_and_keys():
     assert [(r.type, r.before, r.at) for r in created.reminders] == [("lesson.reminder", timedelta(hours=24), "starts_at"), ("lesson.reminder", timedelta(hours=1), "starts_at")]
     assert {t for t, rule in CATALOGUE.schedules.items() if rule.cancels} == {"booking.cancelled", "booking.rescheduled"}
     assert {rule.key for rule in CATALOGUE.schedules.values()} == {"booking:{booking_id}"}
+
+
+NIGHT = (datetime.strptime("22:00", "%H:%M").time(), datetime.strptime("07:00", "%H:%M").time())
+EARLY = (datetime.strptime("01:00", "%H:%M").time(), datetime.strptime("02:30", "%H:%M").time())
+
+
+@pytest.mark.parametrize(
+    ("now", "zone", "window", "until"),
+    [
+        # an ordinary night, both zones; outside the window nothing is held
+        ("2026-06-10T21:00Z", "Europe/Berlin", NIGHT, "2026-06-11T05:00Z"),
+        ("2026-06-10T19:59Z", "Europe/Berlin", NIGHT, None),
+        ("2026-06-11T05:00Z", "Europe/Berlin", NIGHT, None),  # the end itself is outside
+        ("2026-06-11T03:00Z", "America/New_York", NIGHT, "2026-06-11T11:00Z"),
+        # spring forward: the night is an hour shorter in UTC (Berlin 29 March, New York 8 March)
+        ("2026-03-28T23:00Z", "Europe/Berlin", NIGHT, "2026-03-29T05:00Z"),
+        ("2026-03-08T05:00Z", "America/New_York", NIGHT, "2026-03-08T11:00Z"),
+        # fall back: an hour longer (Berlin 25 October, New York 1 November)
+        ("2026-10-24T23:00Z", "Europe/Berlin", NIGHT, "2026-10-25T06:00Z"),
+        ("2026-11-01T05:30Z", "America/New_York", NIGHT, "2026-11-01T12:00Z"),
+        # an end the clock skips (02:30 does not exist in Berlin on 29 March): the first instant after the gap
+        ("2026-03-29T00:30Z", "Europe/Berlin", EARLY, "2026-03-29T01:00Z"),
+        # an end the clock shows twice (25 October): the next occurrence after now, first or repeated
+        ("2026-10-25T00:15Z", "Europe/Berlin", EARLY, "2026-10-25T00:30Z"),
+        ("2026-10-25T01:15Z", "Europe/Berlin", EARLY, "2026-10-25T01:30Z"),
+        # a window within one day, and an unknown zone read as UTC
+        ("2026-06-10T01:10Z", "Nowhere/Else", EARLY, "2026-06-10T02:30Z"),
+    ],
+)
+def test_quiet_hours_end_on_the_users_wall_clock_across_dst_changes(now, zone, window, until):
+    parse = lambda v: datetime.fromisoformat(v.replace("Z", "+00:00"))  # noqa: E731
+    found = logic.quiet_until(parse(now), zone, window)
+    assert found == (parse(until) if until else None)
+    if found is not None:
+        assert found > parse(now)

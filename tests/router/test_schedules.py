@@ -24,7 +24,8 @@ class Clock:
     """The router's clock in these tests: it stands still until moved."""
 
     def __init__(self) -> None:
-        self.now = datetime.now(UTC).replace(microsecond=0)
+        # A little ahead of the real clock, as a router's clock is of the events it reads (their times are earlier).
+        self.now = (datetime.now(UTC) + timedelta(minutes=5)).replace(microsecond=0)
 
     def __call__(self) -> datetime:
         return self.now
@@ -188,6 +189,10 @@ async def test_a_reschedule_moves_the_pending_reminders(infra, namespace, db, db
 
         await eventually(moved_reminders, what="the reminders moved to the new start")
         assert await db.fetchval("SELECT count(*) FROM router.schedules WHERE source = $1 AND status = 'cancelled'", source) == 2
+        # The same booking.rescheduled delivered again (a batch handed back) does not cancel its own new reminders.
+        await router.send("booking.rescheduled", event)
+        await asyncio.sleep(1.5)
+        assert await pending() == [later - timedelta(hours=24), later - timedelta(hours=1)]
         items = await router.trace(event["id"], 6)
         assert {i["template"] for i in items if i["decision"] == "routed"} == {"booking_rescheduled"}
 
@@ -290,3 +295,60 @@ async def test_a_batch_whose_schedules_cannot_be_written_dead_letters_the_events
         [dead] = await dlq.wait_for(1, timeout=30)
         assert dict(dead.headers)["herald-reason"] == b"schedule_failed" and json.loads(dead.value)["id"] == asking["id"]
         assert {i["decision"] for i in await router.trace(plain["id"], 3)} <= {"routed", "suppressed"}
+
+
+async def test_quiet_hours_hold_email_and_push_across_a_dst_change_and_never_in_app_or_security(infra, namespace, db, db_clean):
+    from ..support import bearer
+
+    clock = Clock()
+    clock.now = datetime(2026, 3, 28, 22, 30, tzinfo=UTC)  # 23:30 in Berlin; the clocks go forward at 02:00
+    user, source = new_user(), source_of(db_clean)
+    async with router_at(infra, namespace, clock) as router:
+        await router.put_recipient(user, email=f"{user}@example.com", timezone="Europe/Berlin")
+        me = bearer(router.settings, user)
+        assert (await router.client.put("/v1/quiet-hours", json={"start": "22:00", "end": "22:00"}, headers=me)).status_code == 422
+        set_ = await router.client.put("/v1/quiet-hours", json={"start": "22:00", "end": "07:00"}, headers=me)
+        assert set_.status_code == 200 and set_.json() == {"user_id": user, "quiet_hours": {"start": "22:00", "end": "07:00"}, "timezone": "Europe/Berlin"}
+        message = cloud_event(
+            "message.received", {"message_id": "m", "conversation_id": "c", "sender_id": "s", "sender_name": "S", "recipient_id": user, "preview": "hi"},
+            source=source,
+        )
+        alert = cloud_event("auth.password_changed", {"user_id": user}, source=source)
+        async with TopicReader(infra.kafka_bootstrap, [router.settings.notify_topic("email"), router.settings.notify_topic("email", critical=True)]) as email:
+            await router.send("message.received", message)
+            await router.send("auth.password_changed", alert)
+            items = by_channel(await router.trace(message["id"], 3))
+            assert (items["email"]["decision"], items["email"]["reason"]) == ("held", "quiet_hours")
+            assert "2026-03-29T05:00:00+00:00" in items["email"]["detail"]  # 07:00 in Berlin, already summer time
+            assert items["push"]["decision"] == "held" and items["inapp"]["decision"] == "routed"
+            assert by_channel(await router.trace(alert["id"], 3))["email"]["decision"] == "routed"  # security never waits
+            [sent_now] = await email.wait_for(1)
+            assert json.loads(sent_now.value)["event_type"] == "auth.password_changed"
+            clock.now = datetime(2026, 3, 29, 4, 59, tzinfo=UTC)
+            await asyncio.sleep(1.0)
+            assert len(await email.poll()) == 1  # 06:59 in Berlin: still quiet
+            clock.now = datetime(2026, 3, 29, 5, 0, 1, tzinfo=UTC)
+            released = await email.wait_for(2)
+        assert json.loads(released[1].value)["notification_id"] == items["email"]["notification_id"]
+        assert "released" in by_channel(await router.trace(message["id"], 3))["email"]["detail"]
+        removed = await router.client.delete("/v1/quiet-hours", headers=me)
+        assert removed.status_code == 200 and removed.json()["quiet_hours"] is None
+
+
+async def test_odd_times_in_one_event_dead_letter_that_event_and_the_rest_of_the_batch_is_planned(infra, namespace, db, db_clean):
+    clock, source = Clock(), source_of(db_clean)
+    naive = {"booking_id": "b-naive", "student_id": new_user(), "instructor_id": new_user(), "title": "Piano",
+             "starts_at": (clock.now + timedelta(days=2)).replace(tzinfo=None).isoformat()}  # no offset: read as UTC
+    ancient = {**naive, "booking_id": "b-ancient", "starts_at": "0001-01-01T00:30:00+01:00"}  # UTC cannot hold it
+    async with router_at(infra, namespace, clock) as router, TopicReader(infra.kafka_bootstrap, router.settings.dlq_topic) as dlq:
+        await router.send("booking.created", cloud_event("booking.created", ancient, source=source))
+        await router.send("booking.created", cloud_event("booking.created", naive, source=source))
+
+        async def planned():
+            rows = await db.fetch("SELECT due_at FROM router.schedules WHERE source = $1 ORDER BY due_at", source)
+            return [r["due_at"] for r in rows] if len(rows) == 2 else None
+
+        due = await eventually(planned, what="the naive booking's reminders")
+        assert due == [clock.now + timedelta(days=1), clock.now + timedelta(days=2, hours=-1)]
+        [dead] = await dlq.wait_for(1, timeout=30)
+        assert json.loads(dead.value)["data"]["booking_id"] == "b-ancient" and dict(dead.headers)["herald-reason"] == b"schedule_failed"
