@@ -3,7 +3,7 @@
 Only the names in ``__all__`` are public; the ``_``-prefixed modules are private.
 """
 
-from ._app import OutageBackoff, AppResources, KafkaResources, Resources, create_service
+from ._app import OutageBackoff, AppResources, KafkaResources, Resources, create_service, periodic
 from ._auth import AdminService, PublishService, RecipientsService, TracesService, UserId, current_user, decode_user_token, service_with
 from ._audit import audit
 from ._keys import Scope, ServiceKey, hash_service_key, parse_service_keys
@@ -84,6 +84,7 @@ __all__ = [
     "MigrationError",
     "Misconfigured",
     "OutageBackoff",
+    "periodic",
     "Outgoing",
     "PermanentError",
     "Purge",

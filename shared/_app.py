@@ -97,6 +97,34 @@ class OutageBackoff:
             res.metrics.dependency_up.labels(self.name).set(1)
 
 
+def periodic(what: str, run: Callable[[Resources], Any], interval: Callable[[Resources], float]):  # noqa: ANN201 - a hook for create_service
+    """A service hook that runs ``run(res)`` every ``interval(res)`` seconds while the service runs (first at once).
+    A pass that fails is logged (a dependency being away as a warning) and the next one comes as usual."""
+
+    @contextlib.asynccontextmanager
+    async def hook(res: Resources) -> AsyncIterator[None]:
+        async def forever() -> None:
+            while True:
+                try:
+                    await run(res)
+                except Exception as exc:  # housekeeping: tried again next time
+                    if is_outage(exc):
+                        log.warning("%s pass failed: %s", what, exc)
+                    else:
+                        log.exception("%s pass failed", what)
+                await asyncio.sleep(interval(res))
+
+        task = asyncio.create_task(forever())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return hook
+
+
 def _resources(request: Request) -> Resources:
     return request.app.state.resources
 

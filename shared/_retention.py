@@ -10,14 +10,13 @@ locks or runs long), pausing between statements, until a statement finds fewer. 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from ._app import Resources
+from ._app import Resources, periodic
 
 log = logging.getLogger(__name__)
 
@@ -60,29 +59,12 @@ async def purge_all(res: Resources, purges: Sequence[Purge], *, batch: int, paus
 def retention(purges: Callable[[], Sequence[Purge]]):  # noqa: ANN201 - a hook factory for create_service
     """A service hook that runs :func:`purge_all` every ``retention_interval_seconds`` while the service runs."""
 
-    @contextlib.asynccontextmanager
-    async def hook(res: Resources) -> AsyncIterator[None]:
-        settings = res.settings
+    async def purge(res: Resources) -> None:
+        gone = await purge_all(res, purges(), batch=res.settings.retention_batch)
+        if any(gone.values()):
+            log.info("retention: %s", ", ".join(f"{store} {n}" for store, n in gone.items() if n))
 
-        async def forever() -> None:
-            while True:
-                try:
-                    gone = await purge_all(res, purges(), batch=settings.retention_batch)
-                    if any(gone.values()):
-                        log.info("retention: %s", ", ".join(f"{store} {n}" for store, n in gone.items() if n))
-                except Exception:  # housekeeping: logged, and tried again next time
-                    log.exception("retention pass failed")
-                await asyncio.sleep(settings.retention_interval_seconds)
-
-        task = asyncio.create_task(forever())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    return hook
+    return periodic("retention", purge, lambda res: res.settings.retention_interval_seconds)
 
 
 def ledger_purge(schema: str, *, days: float) -> Purge:

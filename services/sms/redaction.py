@@ -12,14 +12,12 @@ refuses for good (another 4xx) is logged and dropped, as is one still queued aft
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
-from shared import Resources, describe, is_outage
+from shared import Resources, describe, periodic
 
 from .providers.twilio import ProviderError
 
@@ -131,24 +129,9 @@ async def _erase_one(provider: Any, row: Any) -> tuple[str | None, str]:
 def worker(*, interval: float, pause: float, give_up: timedelta):  # noqa: ANN201 - a hook for create_service
     """A service hook that works through the queue every ``interval`` seconds while the service runs."""
 
-    @contextlib.asynccontextmanager
-    async def hook(res: Resources) -> AsyncIterator[None]:
-        async def forever() -> None:
-            while True:
-                await asyncio.sleep(interval)
-                try:
-                    done = await work(res, budget=max(interval, 30.0), pause=pause, give_up=give_up)
-                    if any(done.values()):
-                        log.info("Twilio erasures: %s", ", ".join(f"{k} {v}" for k, v in done.items() if v))
-                except Exception as exc:  # tried again next time
-                    (log.warning if is_outage(exc) else log.exception)("Twilio erasure pass failed: %s", describe(exc))
+    async def work_off(res: Resources) -> None:
+        done = await work(res, budget=max(interval, 30.0), pause=pause, give_up=give_up)
+        if any(done.values()):
+            log.info("Twilio erasures: %s", ", ".join(f"{k} {v}" for k, v in done.items() if v))
 
-        task = asyncio.create_task(forever())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    return hook
+    return periodic("Twilio erasure", work_off, lambda res: interval)
